@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create or reuse the project-local virtual environment (.venv) and install everything the project needs.
+# Idempotent: a stamp file keyed on pyproject.toml + constraints.txt skips the work when nothing changed.
+# Why the order: torch/torchvision first (the pinned pair that lies on this machine's disk; plain `torch`
+# would pull a different build), then deepspeed with --no-build-isolation so its build sees that torch
+# instead of fetching a second one, then the project itself in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+stamp="$VENV/.spatialrl-installed"
+want=$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+$PIP install -q --upgrade pip setuptools wheel
+$PIP install -q -c constraints.txt torch torchvision
+$PIP install -q -c constraints.txt ninja packaging py-cpuinfo psutil
+DS_BUILD_OPS=0 $PIP install -q -c constraints.txt --no-build-isolation deepspeed
+$PIP install -q -c constraints.txt -e ".[dev]"
+echo "$want" > "$stamp"
+echo "environment ready: $VENV"
