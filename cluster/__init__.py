@@ -1,1 +1,1 @@
-"""cluster"""
+"""Cluster plumbing: starting/joining Ray, resource requests for every role (one place), cluster configs."""

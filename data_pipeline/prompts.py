@@ -125,7 +125,7 @@ class PromptWriter:
             rtype = CONVERSE[rel.type] if idx in flipped else rel.type
             sentence = RELATION_TEMPLATES[rtype][self.templates[idx]].format(a=self.name(rel.subject), b=self.name(rel.object))
             link = self.links[idx]
-            parts.append(link + sentence if link else _capitalise(sentence))
+            parts.append(link + sentence[:1].lower() + sentence[1:] if link else _capitalise(sentence))
         if n > LIST_ALL_MAX:  # every object is named somewhere
             named = {i for r in self.relations for i in (r.subject, r.object)}
             rest = [a_name[i] for i in self.list_order if i not in named]

@@ -11,8 +11,9 @@ Rules that make the verifier exact (see `relations.py` for the measurements):
   loses a convex bite; every object keeps at least `min_visible_frac` of its area and stays one piece;
 - a relation is stated only when it is decisive (beyond its margin) on the rendered label map.
 
-The default preset resembles the paper (3-16 relations per prompt, mean about 7, long prompts); `easy` suits a
-tiny generator (2-3 objects, one or two relations). Run `python -m jobs.build_dataset --dry-run` to see it.
+The defaults resemble the paper (3-16 relations per prompt, mean about 7, long prompts); the `easy` preset
+(`configs/dataset_easy.yaml`) suits a tiny generator (2-3 objects, one or two relations). See the resolved
+values with `python -m jobs.build_dataset --config configs/dataset_easy.yaml --dry-run`.
 """
 
 from __future__ import annotations
@@ -119,19 +120,6 @@ class WorldConfig:
             size_log_ratio=float(np.log(self.size_ratio)),
             occlusion=self.occlusion_margin,
         )
-
-
-def easy_world() -> WorldConfig:
-    """The `easy` preset for a tiny generator: 64 px, 2-3 big objects, one or two positional relations."""
-    return WorldConfig(
-        canvas=64, min_objects=2, max_objects=3, min_relations=1, max_relations=2, extra_relations_mean=0.7,
-        sizes={"medium": 0.26, "large": 0.32}, relation_types=["left_of", "right_of", "above", "below"],
-        occlusion_prob=0.0, gap=0.05, position_margin=0.08, perturbation_levels=[1, 2],
-        perturbation_probs=[0.7, 0.3], background_kinds=["solid", "linear"],
-    )
-
-
-WORLD_PRESETS = {"default": WorldConfig, "easy": easy_world}
 
 
 @dataclass
@@ -392,7 +380,7 @@ def sample_relations(rng: np.random.Generator, scene: Scene, m: Measurements, cf
 
 
 __all__ = [
-    "PALETTE", "SHAPES", "BACKGROUNDS", "WorldConfig", "WORLD_PRESETS", "easy_world", "Obj", "Background",
+    "PALETTE", "SHAPES", "BACKGROUNDS", "WorldConfig", "Obj", "Background",
     "Relation", "Scene", "render", "render_labels", "sample_scene", "sample_relations", "decisive_facts",
     "layout_ok", "pixels_ok", "CONVERSE",
 ]

@@ -1,0 +1,41 @@
+"""Start or join Ray, the same way for every job.
+
+`python -m jobs.X` on a laptop starts a local Ray (sized by `--num-cpus` or the machine); under
+`ray job submit` (RAY_ADDRESS is set) or with `--address auto|HOST:PORT` it joins that cluster instead.
+The driver only shuts Ray down if it started it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import ray
+
+# Keep Ray's own logs readable in a terminal; jobs print their own progress.
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Python objects we import must be importable inside Ray workers: run from the repo root, or install the package.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None) -> bool:
+    """Connect to Ray; returns True if this call started a new local instance (so the caller owns it)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return False
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env, log_to_driver=True)
+    return True
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None):
+    started = init_ray(address, num_cpus, dashboard)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
