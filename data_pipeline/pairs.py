@@ -14,6 +14,7 @@ from PIL import Image
 
 from data_pipeline.perturb import perturb
 from data_pipeline.prompts import PromptWriter
+from data_pipeline.verifier import object_presence
 from data_pipeline.world import Relation, WorldConfig, render, sample_relations, sample_scene
 
 SPLITS = ("train", "val", "test")
@@ -48,7 +49,10 @@ def make_pair(pair_id: int, seed: int, split: str, cfg: WorldConfig) -> dict:
         result = perturb(rng, scene, relations, k, cfg)
         if result is None:
             continue
-        bad_scene, violated, _ = result
+        bad_scene, violated, bad_m = result
+        objects = [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
+        if not (all(object_presence(m, objects)[0]) and all(object_presence(bad_m, objects)[0])):
+            continue  # an occluded shape would be unreadable from pixels: like an ambiguous relation, not stated
         writer = PromptWriter(rng, scene, relations)
         info = structured(scene, relations)
         info["violated"] = violated

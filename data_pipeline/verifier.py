@@ -120,6 +120,15 @@ def verify(image: np.ndarray, objects: list[dict], relations: list[dict], margin
     (occlusion-aware where another object touches it) is the named shape.
     """
     m = read_objects(np.asarray(image), objects)
+    present, seen = object_presence(m, objects)
+    holds = [
+        bool(relation_score(m, r["subject"], r["type"], r["object"], margins) > 0) for r in relations
+    ]
+    return VerifyResult(holds, present, seen)
+
+
+def object_presence(m: Measurements, objects: list[dict]) -> tuple[list[bool], list[str | None]]:
+    """Per object: present with the named shape? And the shape seen (None if absent)."""
     present, seen = [], []
     for i, o in enumerate(objects):
         if m.masks[i] is None:
@@ -135,10 +144,7 @@ def verify(image: np.ndarray, objects: list[dict], relations: list[dict], margin
         best, _ = classify_shape(m.masks[i], hidden)
         seen.append(best)
         present.append(best == o["shape"])
-    holds = [
-        bool(relation_score(m, r["subject"], r["type"], r["object"], margins) > 0) for r in relations
-    ]
-    return VerifyResult(holds, present, seen)
+    return present, seen
 
 
 def margins_for(canvas: int, world: WorldConfig | None = None) -> Margins:

@@ -452,10 +452,6 @@ def build_tiny_flux(out_dir: str | Path, *, seed: int = 0, sample_size: int = 64
     return out_dir
 
 
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=["qwen", "flux"], required=True)

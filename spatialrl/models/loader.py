@@ -160,6 +160,8 @@ def resolve_model_path(name_or_path: str | os.PathLike, kind: Kind) -> Path:
     looks_like_path = isinstance(name_or_path, os.PathLike) or name.startswith(("/", ".", "~")) or name.count("/") > 1
     if not looks_like_path and _HUB_ID.fullmatch(name):
         return _resolve_hub(name, kind)
+    if looks_like_path:
+        raise ModelNotFoundError(f"{kind} model folder {path.resolve()} does not exist (given as {name!r}).")
     raise ModelNotFoundError(
         f"Cannot find {kind} model {name!r}: it is not an existing folder, a preset ({', '.join(sorted(PRESETS))}) "
         f"or a hub id like 'owner/name'. Pass a folder holding {_expected_file(kind)}."
@@ -269,6 +271,7 @@ def ensure_fixture(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building.", dir=final.parent))
     try:
         build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every process of this user
         for _ in range(5):
             try:
                 os.rename(tmp, final)  # atomic; fails if `final` exists and is not empty

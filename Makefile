@@ -1,0 +1,35 @@
+# Every target sets up the project-local virtual environment first (scripts/setup_env.sh; a no-op when current).
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_DEDUP_LOGS := 1
+
+.PHONY: setup test test-all test-slow test-gpu demo bench-data clean
+
+setup:
+	bash scripts/setup_env.sh
+
+## unit + ray tiers: what CI runs
+test: setup
+	$(PYTEST) -m "not slow and not gpu" -q
+
+## everything, including the slow end-to-end tier and GPU tests (skipped without CUDA)
+test-all: setup
+	$(PYTEST) -q
+
+test-slow: setup
+	$(PYTEST) -m slow -q
+
+test-gpu: setup
+	$(PYTEST) -m gpu -q
+
+## the main job on its embedded default, into runs/demo/
+demo: setup
+	$(PY) -m jobs.demo --out runs/demo
+
+bench-data: setup
+	$(PY) -m bench.data_pipeline --pairs 2000
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,52 @@
+"""Unit tier: typed configs, YAML presets, dotted overrides, clear errors, --dry-run."""
+
+import pytest
+
+from jobs.build_dataset import BuildDatasetConfig, main
+from spatialrl.config import ConfigError, load_config, parse_override
+
+
+def test_defaults_yaml_and_overrides_stack():
+    cfg = load_config(BuildDatasetConfig, "configs/dataset_easy.yaml", ["world.max_objects=3", "pairs=10", "splits=[0.8, 0.1, 0.1]"])
+    assert cfg.world.canvas == 64 and cfg.world.max_objects == 3 and cfg.pairs == 10
+    assert cfg.splits == [0.8, 0.1, 0.1]
+    assert cfg.world.position_margin == 0.08  # from the YAML
+    assert cfg.world.size_ratio == 1.4  # a dataclass default the YAML leaves alone
+
+
+def test_override_values_are_yaml():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=[1, 2]") == ("a", [1, 2])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("world.max_object=3", r"unknown config key\(s\) \['world.max_object'\]"),
+    ("pairs=many", "pairs: expected an integer"),
+    ("world.canvas=100", "multiple of 16"),
+    ("world.max_objects=12", "exceeds the 10 colours"),
+    ("splits=[0.5, 0.5]", "three non-negative fractions"),
+    ("on_bad_row=ignore", "not one of"),
+    ("world.relation_types=[left_of, inside]", "inside"),
+])
+def test_bad_config_names_the_key_and_the_fix(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(BuildDatasetConfig, None, [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(BuildDatasetConfig, "configs/nope.yaml")
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["--config", "configs/dataset_easy.yaml", "--pairs", "12", "--set", "world.gap=0.06", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 12" in out and "gap: 0.06" in out and "canvas: 64" in out
+
+
+def test_bad_override_exits_2(capsys):
+    assert main(["--set", "world.canvas=7", "--dry-run"]) == 2
+    assert "world.canvas=7" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+"""Unit tier: relations worked out by hand, the scene sampler's statistics, and the verifier on thousands of pairs."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline.pairs import make_pair
+from data_pipeline.relations import Margins, mask_solidity, measure, relation_score
+from data_pipeline.verifier import classify_shape, margins_for, verify
+from data_pipeline.world import PALETTE, WorldConfig
+from spatialrl.config import load_config
+
+M = Margins(position_px=6.4, size_log_ratio=float(np.log(1.4)), occlusion=0.08)
+
+
+def two_squares():
+    label = np.zeros((64, 64), np.uint8)
+    label[10:20, 10:20] = 1  # object 0: 10x10 at the top left
+    label[40:54, 40:54] = 2  # object 1: 14x14 lower right
+    return label
+
+
+def test_positions_and_sizes_by_hand():
+    m = measure(two_squares(), 2)
+    assert m.cx.tolist() == [15.0, 47.0] and m.cy.tolist() == [15.0, 47.0]
+    assert m.area.tolist() == [100.0, 196.0]
+    assert relation_score(m, 0, "left_of", 1, M) == pytest.approx(32 / 6.4)
+    assert relation_score(m, 0, "right_of", 1, M) == pytest.approx(-32 / 6.4)
+    assert relation_score(m, 0, "above", 1, M) == pytest.approx(5.0)
+    assert relation_score(m, 1, "below", 0, M) == pytest.approx(5.0)
+    assert relation_score(m, 1, "bigger_than", 0, M) == pytest.approx(np.log(1.96) / np.log(1.4))
+    assert relation_score(m, 1, "smaller_than", 0, M) < -1
+    # not touching: "in front of" is decisively false both ways
+    assert relation_score(m, 0, "in_front_of", 1, M) <= -1 and relation_score(m, 1, "in_front_of", 0, M) <= -1
+
+
+def test_solidity_by_hand():
+    square = np.zeros((20, 20), bool)
+    square[0:10, 0:10] = True
+    assert mask_solidity(square) == pytest.approx(1.0)
+    ell = square.copy()
+    ell[5:10, 5:10] = False  # an L: area 75; hull of its pixel squares is the 10x10 square minus a half 5x5 corner
+    assert mask_solidity(ell) == pytest.approx(75 / 87.5)
+
+
+def test_occlusion_by_hand():
+    label = np.zeros((40, 40), np.uint8)
+    label[5:25, 5:25] = 1  # back square
+    label[15:30, 15:30] = 2  # front square drawn on top: takes a corner bite out of object 0
+    m = measure(label, 2)
+    assert (0, 1) in m.touching
+    assert m.solidity(1) == pytest.approx(1.0)
+    assert m.solidity(0) == pytest.approx((400 - 100) / (400 - 50))
+    assert relation_score(m, 1, "in_front_of", 0, M) == pytest.approx((1 - 300 / 350) / 0.08)
+    assert relation_score(m, 0, "behind", 1, M) > 1
+
+
+def test_missing_object_makes_relations_false():
+    label = two_squares()
+    label[label == 2] = 0
+    m = measure(label, 2)
+    assert relation_score(m, 0, "left_of", 1, M) < 0
+
+
+def decode(b):
+    return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+
+
+@pytest.mark.parametrize("preset,n", [("configs/dataset_default.yaml", 2000), ("configs/dataset_easy.yaml", 600)])
+def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
+    world = _world(preset)
+    margins = margins_for(world.canvas, world)
+    levels = set()
+    for i in range(n):
+        row = make_pair(i, 123, "train", world)
+        info = json.loads(row["relations"])
+        assert len(info["violated"]) == row["num_perturbations"]
+        levels.add(row["num_perturbations"])
+        vc = verify(decode(row["chosen_image"]), info["objects"], info["relations"], margins)
+        vr = verify(decode(row["rejected_image"]), info["objects"], info["relations"], margins)
+        assert vc.all_hold, (i, vc.relations_hold)
+        assert vr.violated() == info["violated"], (i, vr.violated(), info["violated"])
+        assert all(vc.objects_present) and all(vr.objects_present), i
+    assert levels == set(world.perturbation_levels)
+
+
+def _BuildCfg():
+    from jobs.build_dataset import BuildDatasetConfig
+
+    return BuildDatasetConfig
+
+
+def _world(preset):
+    return load_config(_BuildCfg(), preset).world
+
+
+def test_default_world_resembles_the_paper():
+    world = WorldConfig()
+    rels, words = [], []
+    for i in range(300):
+        row = make_pair(i, 7, "val", world)
+        rels.append(len(json.loads(row["relations"])["relations"]))
+        words.append(len(row["prompt"].split()))
+    assert 3 <= min(rels) and max(rels) <= 16
+    assert 6.0 <= np.mean(rels) <= 8.0
+    assert 70 <= np.mean(words) <= 120
+
+
+def test_easy_world_is_small():
+    world = _world("configs/dataset_easy.yaml")
+    for i in range(100):
+        info = json.loads(make_pair(i, 1, "train", world)["relations"])
+        assert 2 <= len(info["objects"]) <= 3 and 1 <= len(info["relations"]) <= 2
+
+
+def test_pairs_are_deterministic_and_distinct_per_split():
+    world = WorldConfig()
+    a, b = make_pair(5, 0, "train", world), make_pair(5, 0, "train", world)
+    assert a == b
+    assert make_pair(5, 0, "test", world)["prompt"] != a["prompt"]
+
+
+def test_verifier_sees_a_missing_object_and_a_wrong_shape():
+    img = np.full((64, 64, 3), 230, np.uint8)
+    img[10:30, 10:30] = PALETTE["red"]  # a red square
+    objs = [{"colour": "red", "shape": "square"}, {"colour": "blue", "shape": "circle"}]
+    rels = [{"subject": 0, "type": "left_of", "object": 1}]
+    v = verify(img, objs, rels, margins_for(64))
+    assert v.objects_present == [True, False] and v.relations_hold == [False]
+    v2 = verify(img, [{"colour": "red", "shape": "circle"}], [], margins_for(64))
+    assert v2.objects_present == [False] and v2.shapes_seen == ["square"]
+
+
+def test_shape_classifier_on_clean_shapes():
+    from PIL import ImageDraw
+
+    from data_pipeline.world import SHAPES, draw_shape
+
+    for shape in SHAPES:
+        for side in (10, 17, 30):
+            im = Image.new("L", (64, 64), 0)
+            draw_shape(ImageDraw.Draw(im), shape, 32, 32, side, 1)
+            assert classify_shape(np.asarray(im) > 0)[0] == shape, (shape, side)
