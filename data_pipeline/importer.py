@@ -11,7 +11,7 @@ Every row is checked before anything is written: the prompt, the columns, the im
 inside --images-root after resolving `..` and symlinks; a path outside it is never opened) and the images
 themselves (each must decode with PIL). With `on_bad_row="error"` (the default) any bad row stops the import
 with a `BadRowsError` that names the rows and the problems; with `"skip"` bad rows are left out and counted by
-reason, so `rows_imported + rows_skipped == rows_in_file` always holds.
+reason, so `rows_imported + rows_skipped == rows_in_file` always holds. Blank lines are not rows.
 
 Two Ray Data passes do the image work in parallel tasks. The first reads and decodes each distinct image once
 (HPSv3 reuses an image across many pairs) and keeps only its status and SHA-256, not its bytes, so the object
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from data_pipeline.dataset_io import PAIR_SCHEMA
 from data_pipeline.pairs import PAIR_COLUMNS, SPLITS
@@ -54,11 +54,12 @@ SHOW_BAD_ROWS = 10  # how many bad rows an error message lists
 IMAGES_PER_TASK = 64  # pass 1: distinct images checked per Ray Data task
 PAIRS_PER_BATCH = 16  # pass 2: pairs per Ray Data batch (two images each, up to MAX_IMAGE_BYTES apiece)
 PAIRS_PER_FILE = 128  # pass 2: pairs per Parquet file
+IMAGE_PAIRS = "chosen + rejected, chosen_path + rejected_path, or path1 + path2"
+NEEDED_COLUMNS = f"'prompt' and one image pair: {IMAGE_PAIRS} (HPSv3: path1 is the preferred image)"
 FIX_HINT = (
     "Fix or remove these rows, or pass --on-bad-row skip (import_pairs(on_bad_row='skip')) to import only the "
     "good rows and count the skipped ones by reason in manifest.json."
 )
-NEEDED_COLUMNS = "'prompt' and one image pair: chosen + rejected, chosen_path + rejected_path, or path1 + path2 (HPSv3: path1 is the preferred image)"
 
 
 class BadRowsError(ValueError):
@@ -91,14 +92,14 @@ class RawRow:
 
 # ---- reading the file (driver) ----
 
-def _file_format(file: Path) -> str:
-    fmt = FILE_FORMATS.get(file.suffix.lower())
-    if fmt is None:
-        raise ImportFileError(
-            f"{file}: unknown import format {file.suffix or '(no extension)'!r}; supported: JSONL (.jsonl, .ndjson, "
-            f".json with one object per line or one JSON array) and CSV with a header row (.csv). Rename or convert the file."
-        )
-    return fmt
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> ImportFileError:
+    return ImportFileError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8")
+
+
+def _object_row(number: int, where: str, obj: Any) -> RawRow:
+    if isinstance(obj, dict):
+        return RawRow(number, where, obj)
+    return RawRow(number, where, None, _Bad("not_an_object", f"expected a JSON object, got {type(obj).__name__}"))
 
 
 def _read_jsonl(file: Path) -> tuple[list[RawRow], int]:
@@ -109,38 +110,32 @@ def _read_jsonl(file: Path) -> tuple[list[RawRow], int]:
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                rows.append(RawRow(number, where, None, _Bad("bad_encoding", f"not UTF-8 ({exc.reason} at byte {exc.start})")))
+                rows.append(RawRow(number, where, None, _Bad("bad_encoding", f"not UTF-8 ({exc.reason})")))
                 continue
             if not text.strip():
                 blank += 1
                 continue
             try:
-                obj = json.loads(text)
+                rows.append(_object_row(number, where, json.loads(text)))
             except json.JSONDecodeError as exc:
-                rows.append(RawRow(number, where, None, _Bad("bad_json", f"not valid JSON ({exc.msg} at column {exc.colno})")))
-                continue
-            if not isinstance(obj, dict):
-                rows.append(RawRow(number, where, None, _Bad("not_an_object", f"expected a JSON object, got {type(obj).__name__}")))
-                continue
-            rows.append(RawRow(number, where, obj))
+                bad = _Bad("bad_json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+                rows.append(RawRow(number, where, None, bad))
     return rows, blank
 
 
-def _read_json_array(file: Path, text: str) -> tuple[list[RawRow], int]:
+def _read_json_array(file: Path) -> list[RawRow]:
     try:
-        items = json.loads(text)
+        items = json.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(file, exc) from exc
     except json.JSONDecodeError as exc:
-        raise ImportFileError(f"{file}: not a valid JSON array ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+        raise ImportFileError(f"{file}: not a valid JSON array ({exc.msg} at line {exc.lineno}, column {exc.colno})")
     if not isinstance(items, list):
         raise ImportFileError(f"{file}: expected one JSON object per line or a JSON array of objects")
-    rows = []
-    for number, obj in enumerate(items, start=1):
-        bad = None if isinstance(obj, dict) else _Bad("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-        rows.append(RawRow(number, f"item {number}", obj if bad is None else None, bad))
-    return rows, 0
+    return [_object_row(number, f"item {number}", obj) for number, obj in enumerate(items, start=1)]
 
 
-def _read_csv(file: Path) -> tuple[list[RawRow], int, list[str]]:
+def _read_csv(file: Path) -> tuple[list[RawRow], list[str], int]:
     rows, blank, header = [], 0, None
     try:
         with open(file, newline="", encoding="utf-8-sig") as f:
@@ -158,42 +153,33 @@ def _read_csv(file: Path) -> tuple[list[RawRow], int, list[str]]:
                 number = len(rows) + 1
                 where = f"row {number} (line {reader.line_num})"
                 if len(record) != len(header):
-                    bad = _Bad("wrong_field_count", f"has {len(record)} fields, the header has {len(header)} (check quoting of commas)")
+                    bad = _Bad("wrong_field_count",
+                               f"has {len(record)} fields, the header has {len(header)} (check the quoting of commas)")
                     rows.append(RawRow(number, where, None, bad))
                     continue
                 rows.append(RawRow(number, where, {k: (v if v != "" else None) for k, v in zip(header, record)}))
     except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+        raise _not_utf8(file, exc) from exc
     except csv.Error as exc:
         raise ImportFileError(f"{file}: malformed CSV ({exc}); check the quoting") from exc
-    return rows, blank, header or []
+    return rows, header or [], blank
 
 
 def read_rows(file: Path) -> tuple[list[RawRow], list[str], int]:
-    """The file's rows (parsed or with a problem), the columns seen, and the number of blank lines ignored."""
-    fmt = _file_format(file)
+    """The file's rows (parsed, or with their problem), the columns seen, and how many blank lines were ignored."""
+    fmt = FILE_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise ImportFileError(
+            f"{file}: unknown import format {file.suffix or '(no extension)'!r}; supported: JSONL (.jsonl, .ndjson, "
+            ".json: one object per line, or one JSON array) and CSV with a header row (.csv). Convert or rename it."
+        )
     if fmt == "csv":
         return _read_csv(file)
-    if fmt == "json":
-        with open(file, "rb") as f:
-            head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
-        if head.startswith("["):
-            try:
-                text = file.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise ImportFileError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-            rows, blank = _read_json_array(file, text)
-            return rows, _columns_seen(rows), blank
-    rows, blank = _read_jsonl(file)
-    return rows, _columns_seen(rows), blank
-
-
-def _columns_seen(rows: list[RawRow]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in rows:
-        for k in r.fields or ():
-            seen.setdefault(k)
-    return list(seen)
+    with open(file, "rb") as f:
+        is_array = fmt == "json" and f.read(4096).decode("utf-8-sig", errors="replace").lstrip().startswith("[")
+    rows, blank = (_read_json_array(file), 0) if is_array else _read_jsonl(file)
+    columns = list(dict.fromkeys(k for r in rows for k in (r.fields or ())))
+    return rows, columns, blank
 
 
 def _check_columns(file: Path, columns: list[str]) -> None:
@@ -201,7 +187,7 @@ def _check_columns(file: Path, columns: list[str]) -> None:
     if "prompt" in have and any(set(form) <= have for form in IMAGE_FORMS):
         return
     where = "the header has" if file.suffix.lower() == ".csv" else "the rows have"
-    raise ImportFileError(f"{file}: {where} columns {columns}; an import file needs {NEEDED_COLUMNS}. Rename the columns.")
+    raise ImportFileError(f"{file}: {where} columns {columns}; an import file needs {NEEDED_COLUMNS}. Rename them.")
 
 
 # ---- checking one row's fields (driver; pure) ----
@@ -214,10 +200,11 @@ def assign_split(seed: int, pair_id: str, fractions: list[float]) -> str:
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def _text(fields: dict, key: str) -> str | None:
-    v = fields.get(key)
+def _text(v: Any, key: str) -> str | None:
+    if isinstance(v, list) and key == "category" and all(isinstance(c, str) for c in v):
+        v = ",".join(v)  # the generator stores categories comma-joined
     if v is None or isinstance(v, str):
-        return v if v is None or v.strip() else None
+        return v if v is not None and v.strip() else None
     raise _Bad("bad_field", f"{key} must be text, got {type(v).__name__} {v!r}")
 
 
@@ -234,10 +221,9 @@ def _num_perturbations(v: Any) -> int | None:
     raise _Bad("bad_num_perturbations", f"num_perturbations must be 1, 2 or 3 (or empty), got {v!r}")
 
 
-def _int_list(v: Any, n: int, what: str) -> list[int]:
+def _indices(v: Any, n: int, what: str) -> None:
     if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in v):
-        raise _Bad("bad_relations", f"relations: {what} must be a list of indices in [0, {n}), got {v!r}")
-    return v
+        raise _Bad("bad_relations", f"relations: {what} must be indices in [0, {n}), got {v!r}")
 
 
 def _relations(v: Any) -> str | None:
@@ -250,27 +236,30 @@ def _relations(v: Any) -> str | None:
         except json.JSONDecodeError as exc:
             raise _Bad("bad_relations", f"relations is not valid JSON ({exc.msg})") from None
     if not isinstance(v, dict) or not isinstance(v.get("objects"), list) or not isinstance(v.get("relations"), list):
-        raise _Bad("bad_relations", 'relations must be a JSON object {"objects": [...], "relations": [...], "violated": [...]} or empty')
+        raise _Bad("bad_relations",
+                   'relations must be empty or a JSON object {"objects": [...], "relations": [...], "violated": [...]}')
     objs = v["objects"]
     for o in objs:
         if not isinstance(o, dict) or o.get("colour") not in PALETTE or o.get("shape") not in SHAPES:
-            raise _Bad("bad_relations", f"relations: object {o!r} needs a colour in {list(PALETTE)} and a shape in {list(SHAPES)}")
+            raise _Bad("bad_relations",
+                       f"relations: object {o!r} needs a colour in {list(PALETTE)} and a shape in {list(SHAPES)}")
     if len({o["colour"] for o in objs}) != len(objs):
         raise _Bad("bad_relations", "relations: object colours must be distinct (colour identifies the object)")
     for r in v["relations"]:
         if not isinstance(r, dict) or r.get("type") not in RELATION_TYPES:
             raise _Bad("bad_relations", f"relations: {r!r} needs a type in {list(RELATION_TYPES)}")
-        _int_list([r.get("subject"), r.get("object")], len(objs), "subject and object")
-    _int_list(v.get("violated", []), len(v["relations"]), "violated")
+        _indices([r.get("subject"), r.get("object")], len(objs), "a relation's subject and object")
+    _indices(v.get("violated", []), len(v["relations"]), "violated")
     return json.dumps(v)
 
 
 def _images(fields: dict) -> tuple[str, str]:
     given = [form for form in IMAGE_FORMS if any(fields.get(k) is not None for k in form)]
     if not given:
-        raise _Bad("missing_image", "no image paths; give chosen + rejected, chosen_path + rejected_path, or path1 + path2")
+        raise _Bad("missing_image", f"no image paths; give {IMAGE_PAIRS}")
     if len(given) > 1:
-        raise _Bad("ambiguous_images", f"images given twice, as {' and as '.join('/'.join(f) for f in given)}; keep one pair")
+        both = " and as ".join("/".join(f) for f in given)
+        raise _Bad("ambiguous_images", f"images given twice, as {both}; keep one pair")
     paths = []
     for key in given[0]:
         p = fields.get(key)
@@ -301,15 +290,12 @@ def parse_row(fields: dict, number: int, seed: int, fractions: list[float]) -> d
         if not isinstance(split, str) or split.strip().lower() not in SPLITS:
             raise _Bad("bad_split", f"split must be one of {list(SPLITS)} (or empty to assign one), got {split!r}")
         split = split.strip().lower()
-    category = fields.get("category")
-    if isinstance(category, list) and all(isinstance(c, str) for c in category):
-        category = ",".join(category)
     return {
         "pair_id": pid,
         "prompt": prompt,
         "num_perturbations": _num_perturbations(fields.get("num_perturbations")),
-        "perturbed_prompt": _text(fields, "perturbed_prompt"),
-        "category": _text({"category": category}, "category"),
+        "perturbed_prompt": _text(fields.get("perturbed_prompt"), "perturbed_prompt"),
+        "category": _text(fields.get("category"), "category"),
         "relations": _relations(fields.get("relations")),
         "source": "import",
         "split": split or assign_split(seed, pid, fractions),
@@ -319,7 +305,7 @@ def parse_row(fields: dict, number: int, seed: int, fractions: list[float]) -> d
 
 
 def _label(row: RawRow) -> str:
-    """'line 7 (pair_id 'x', prompt 'a red circle...')': where a bad row is and what it looks like."""
+    """Where a bad row is and what it looks like: line 7 (pair_id 'x', prompt 'a red circle...')."""
     f = row.fields or {}
     bits = []
     if isinstance(f.get("pair_id"), (str, int)) and str(f["pair_id"]).strip():
@@ -333,44 +319,53 @@ def _label(row: RawRow) -> str:
 # ---- images (Ray Data task bodies) ----
 
 def read_image_file(root: Path, rel: str) -> bytes:
-    """The bytes of `rel` under `root`; refuses paths that resolve outside root without opening them."""
+    """The bytes of `rel` under the resolved folder `root`; a path that resolves outside root is never opened."""
     try:
         path = (root / rel).resolve()
     except (OSError, ValueError, RuntimeError) as exc:  # embedded NUL, symlink loop, ...
         raise _Bad("bad_path", f"image path {rel!r} cannot be resolved ({exc})") from None
     if not path.is_relative_to(root):
-        how = "is absolute" if os.path.isabs(rel) else "leaves it (via '..' or a symlink)"
-        raise _Bad("outside_images_root", f"image path {rel!r} {how}: image paths must stay inside --images-root {root}; refused, not read")
+        how = "is absolute and" if os.path.isabs(rel) else "resolves (through '..' or a symlink) to a file that"
+        raise _Bad("outside_images_root",
+                   f"image path {rel!r} {how} is outside --images-root {root}; refused, not read. "
+                   "Image paths must be relative to --images-root and stay inside it")
     try:
         st = path.stat()
     except FileNotFoundError:
         raise _Bad("missing_file", f"image {rel!r} not found under {root}") from None
     except OSError as exc:
-        raise _Bad("missing_file", f"image {rel!r} cannot be read ({exc.strerror})") from None
+        raise _Bad("unreadable_file", f"image {rel!r} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise _Bad("not_a_file", f"image path {rel!r} is not a regular file")
     if st.st_size > MAX_IMAGE_BYTES:
-        raise _Bad("image_too_large", f"image {rel!r} has {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed")
+        raise _Bad("image_too_large", f"image {rel!r} has {st.st_size} bytes, over the limit of {MAX_IMAGE_BYTES}")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise _Bad("missing_file", f"image {rel!r} cannot be read ({exc.strerror})") from None
+        raise _Bad("unreadable_file", f"image {rel!r} cannot be read ({exc.strerror})") from None
+
+
+def _decode_check(rel: str, data: bytes) -> str:
+    """The image's format, after a full decode to RGB (what dataset_io.decode_image does to read it)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.convert("RGB")
+            return img.format
+    except UnidentifiedImageError:
+        raise _Bad("undecodable_image", f"image {rel!r} does not decode (not an image format PIL knows)") from None
+    except Exception as exc:  # PIL raises many types on damaged data (OSError, SyntaxError, ValueError, ...)
+        raise _Bad("undecodable_image", f"image {rel!r} does not decode ({type(exc).__name__}: {exc})") from None
 
 
 def check_images_batch(batch: pa.Table, images_root: str) -> pa.Table:
-    """Pass 1, one row per distinct image path: read it, decode it fully, and keep its status and SHA-256."""
+    """Pass 1, one row per distinct image path: read it, decode it fully, keep its status and SHA-256."""
     root = Path(images_root)
     out: dict[str, list] = {"path": [], "reason": [], "detail": [], "sha256": [], "format": []}
     for rel in batch.column("path").to_pylist():
         reason = detail = sha = fmt = None
         try:
             data = read_image_file(root, rel)
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    fmt = img.format
-                    img.convert("RGB")  # what dataset_io.decode_image does; also forces a full decode
-            except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-                raise _Bad("undecodable_image", f"image {rel!r} does not decode ({type(exc).__name__}: {exc})") from None
+            fmt = _decode_check(rel, data)
             sha = hashlib.sha256(data).hexdigest()
         except _Bad as bad:
             reason, detail = bad.reason, bad.detail
@@ -404,6 +399,7 @@ def load_pairs_batch(batch: pa.Table, images_root: str) -> pa.Table:
 # ---- the import ----
 
 def _check_images(root: Path, paths: list[str]) -> dict[str, dict]:
+    """Pass 1 over the distinct image paths, as parallel Ray Data tasks: path -> reason, detail, sha256, format."""
     import ray
 
     if not paths:
@@ -417,6 +413,7 @@ def _check_images(root: Path, paths: list[str]) -> dict[str, dict]:
 
 
 def _write_split(root: Path, pairs: list[dict], dest: Path) -> None:
+    """Pass 2 for one split: read the images again in parallel tasks and write Parquet with PAIR_SCHEMA."""
     import ray
 
     ds = ray.data.from_items(pairs, override_num_blocks=math.ceil(len(pairs) / PAIRS_PER_BATCH))
@@ -426,15 +423,18 @@ def _write_split(root: Path, pairs: list[dict], dest: Path) -> None:
     ).write_parquet(str(dest), schema=PAIR_SCHEMA, min_rows_per_file=PAIRS_PER_FILE)
 
 
-def _bad_rows_message(file: Path, n_rows: int, bad: list[tuple[RawRow, _Bad]], *, skipping: bool) -> str:
-    head = (f"{file}: all {n_rows} rows are bad, so there is nothing to import" if skipping
+def _by_reason(bad: list[tuple[RawRow, _Bad]]) -> Counter:
+    return Counter(b.reason for _, b in bad)
+
+
+def _bad_rows_message(file: Path, n_rows: int, bad: list[tuple[RawRow, _Bad]], *, none_good: bool) -> str:
+    head = (f"{file}: all {n_rows} rows are bad, so there is nothing to import" if none_good
             else f"{file}: {len(bad)} of {n_rows} rows are bad; nothing was written")
     lines = [head + ":"] + [f"  {_label(r)}: {b.detail}" for r, b in bad[:SHOW_BAD_ROWS]]
     if len(bad) > SHOW_BAD_ROWS:
         lines.append(f"  ... and {len(bad) - SHOW_BAD_ROWS} more bad rows")
-    reasons = Counter(b.reason for _, b in bad)
-    lines.append("Bad rows by problem: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()) + ".")
-    lines.append("Fix the rows (or the --images-root they are relative to)." if skipping else FIX_HINT)
+    lines.append("Bad rows by problem: " + ", ".join(f"{k} {v}" for k, v in _by_reason(bad).most_common()) + ".")
+    lines.append("Fix the rows (or the --images-root they are relative to)." if none_good else FIX_HINT)
     return "\n".join(lines)
 
 
@@ -444,9 +444,9 @@ def import_pairs(
 ) -> dict:
     """Check every row of `file`, then write the good pairs to out/{train,val,test}/ as Parquet.
 
-    Returns the manifest's import section. Raises BadRowsError (nothing written) when a row is bad and
-    on_bad_row is "error", when every row is bad, or (ImportFileError) when the file itself is unusable.
-    Needs Ray to be initialised (the image work runs as Ray Data tasks).
+    Returns the manifest's import section. Raises BadRowsError, with nothing written, when a row is bad and
+    on_bad_row is "error" or when every row is bad; ImportFileError (a BadRowsError) when the file itself is
+    unusable. Needs Ray initialised: the image work runs as Ray Data tasks.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row={on_bad_row!r}: use 'error' or 'skip'")
@@ -454,14 +454,14 @@ def import_pairs(
     if not file.is_file():
         raise ImportFileError(f"{file}: import file not found; check the --import path")
     if not images_root.is_dir():
-        raise ImportFileError(f"{images_root}: --images-root is not a folder; give the folder the image paths are relative to")
+        raise ImportFileError(f"{images_root}: --images-root is not a folder; give the folder the image paths are in")
     root = images_root.resolve()
 
     raw, columns, blank = read_rows(file)
     if columns:  # the CSV header, or the keys of the JSON rows that parsed: checked once for the whole file
         _check_columns(file, columns)
     if not raw:
-        raise ImportFileError(f"{file}: no rows (the file is empty or has only a header or blank lines); nothing to import")
+        raise ImportFileError(f"{file}: no rows (the file is empty, or has only a header or blank lines)")
 
     bad: list[tuple[RawRow, _Bad]] = []
     pairs: list[tuple[RawRow, dict]] = []
@@ -471,9 +471,10 @@ def import_pairs(
             if r.problem is not None:
                 raise r.problem
             pair = parse_row(r.fields, r.number, seed, list(splits))
-            if pair["pair_id"] in first_use:
-                raise _Bad("duplicate_pair_id", f"pair_id {pair['pair_id']!r} is already used by {first_use[pair['pair_id']]}")
-            first_use[pair["pair_id"]] = r.where
+            pid = pair["pair_id"]
+            if pid in first_use:
+                raise _Bad("duplicate_pair_id", f"pair_id {pid!r} is already used by {first_use[pid]}")
+            first_use[pid] = r.where
             pairs.append((r, pair))
         except _Bad as b:
             bad.append((r, b))
@@ -481,10 +482,11 @@ def import_pairs(
     status = _check_images(root, sorted({p[k] for _, p in pairs for k in ("chosen_path", "rejected_path")}))
     good = []
     for r, p in pairs:
-        problems = [status[p[f"{side}_path"]] for side in ("chosen", "rejected") if status[p[f"{side}_path"]]["reason"]]
+        problems = [(side, status[p[f"{side}_path"]]) for side in ("chosen", "rejected")]
+        problems = [(side, s) for side, s in problems if s["reason"]]
         if problems:
-            side = "chosen" if problems[0]["path"] == p["chosen_path"] else "rejected"
-            bad.append((r, _Bad(problems[0]["reason"], f"{side}: {problems[0]['detail']}")))
+            side, s = problems[0]
+            bad.append((r, _Bad(s["reason"], f"{side}: {s['detail']}")))
             continue
         p["chosen_sha256"] = status[p["chosen_path"]]["sha256"]
         p["rejected_sha256"] = status[p["rejected_path"]]["sha256"]
@@ -492,17 +494,18 @@ def import_pairs(
     bad.sort(key=lambda rb: rb[0].number)
 
     if bad and (on_bad_row == "error" or not good):
-        raise BadRowsError(_bad_rows_message(file, len(raw), bad, skipping=not good))
+        raise BadRowsError(_bad_rows_message(file, len(raw), bad, none_good=not good))
     for split in SPLITS:
         rows = [p for p in good if p["split"] == split]
         if rows:
             _write_split(root, rows, Path(out) / split)
 
-    reasons = Counter(b.reason for _, b in bad)
+    reasons = _by_reason(bad)
     if bad:
-        print(f"import: skipped {len(bad)} of {len(raw)} bad rows ({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); "
-              "see skipped_examples in manifest.json", file=sys.stderr)
-    image_formats = Counter(status[p[f"{s}_path"]]["format"] for p in good for s in ("chosen", "rejected"))
+        counts = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+        print(f"import: skipped {len(bad)} bad rows of {len(raw)} ({counts}); see skipped_examples in manifest.json",
+              file=sys.stderr)
+    formats = Counter(status[p[f"{side}_path"]]["format"] for p in good for side in ("chosen", "rejected"))
     return {
         "source": "import",
         "import_file": str(file.resolve()),
@@ -516,7 +519,7 @@ def import_pairs(
         "skipped_examples": [f"{_label(r)}: {b.detail}" for r, b in bad[:SHOW_BAD_ROWS]],
         "blank_lines_ignored": blank,
         "ignored_columns": sorted(c for c in columns if c not in KNOWN_COLUMNS),
-        "image_formats": dict(sorted(image_formats.items())),
+        "image_formats": dict(sorted(formats.items())),
     }
 
 

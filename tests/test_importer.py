@@ -8,12 +8,14 @@ counts the skipped one by reason.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import pickle
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +23,9 @@ import ray
 from PIL import Image
 
 from data_pipeline.dataset_io import PAIR_SCHEMA
-from data_pipeline.importer import BadRowsError, ImportFileError, assign_split, import_pairs
+from data_pipeline.importer import (
+    BadRowsError, ImageChangedError, ImportFileError, assign_split, import_pairs, load_pairs_batch,
+)
 from data_pipeline.pairs import SPLITS
 from jobs.build_dataset import main
 
@@ -38,7 +42,7 @@ RELATIONS = {
 def ray_local():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
@@ -173,8 +177,8 @@ BAD_ROWS = {
     "corrupt_bytes": ({"chosen": "corrupt.png"}, "undecodable_image", "'corrupt.png' does not decode"),
     "text_file": ({"rejected": "notes.png"}, "undecodable_image", "rejected: image 'notes.png' does not decode"),
     "empty_prompt": ({"prompt": "  \t "}, "empty_prompt", "prompt is missing or empty"),
-    "dotdot_escape": ({"chosen": "../outside.png"}, "outside_images_root", "'../outside.png' leaves it"),
-    "absolute_path": ({"chosen": "ABS"}, "outside_images_root", "is absolute"),
+    "dotdot_escape": ({"chosen": "../outside.png"}, "outside_images_root", "'../outside.png' resolves (through"),
+    "absolute_path": ({"chosen": "ABS"}, "outside_images_root", "is absolute and is outside --images-root"),
     "missing_column": ({"rejected": None}, "missing_image", "rejected is missing"),
 }
 
@@ -226,6 +230,16 @@ def test_csv_header_without_needed_columns_is_refused(ray_local, images: Path, t
     assert nothing_written(out)
 
 
+def test_csv_bad_rows_are_named_by_data_row_and_line(ray_local, images: Path, tmp_path: Path):
+    src = tmp_path / "pairs.csv"
+    src.write_text('prompt,chosen,rejected\n"a cat",a.png,b.png\n"a dog",nope.png,b.png\n\n"x",a.png\n')
+    with pytest.raises(BadRowsError) as exc:
+        import_pairs(src, images, tmp_path / "ds", seed=0, splits=[1, 0, 0])
+    msg = str(exc.value)
+    assert "2 of 3 rows are bad" in msg and "row 2 (line 3) (prompt 'a dog'): chosen: image 'nope.png' not found" in msg
+    assert "row 3 (line 5): has 2 fields, the header has 3" in msg
+
+
 def test_many_bad_rows_listed_first_ten_with_total(ray_local, images: Path, tmp_path: Path):
     rows = [{"prompt": "good", "chosen": "a.png", "rejected": "b.png"}]
     rows += [{"prompt": "", "chosen": "a.png", "rejected": "b.png"} for _ in range(13)]
@@ -258,7 +272,8 @@ def test_skip_mode_counts_every_reason(ray_local, images: Path, tmp_path: Path):
     ]
     out = tmp_path / "ds"
     out.mkdir()
-    info = import_pairs(write_jsonl(tmp_path / "p.jsonl", rows), images, out, on_bad_row="skip", seed=0, splits=[0.9, 0.05, 0.05])
+    src = write_jsonl(tmp_path / "p.jsonl", rows)
+    info = import_pairs(src, images, out, on_bad_row="skip", seed=0, splits=[0.9, 0.05, 0.05])
     assert info["skip_reasons"] == {
         "bad_json": 1, "not_an_object": 1, "bad_num_perturbations": 1, "bad_split": 1, "bad_relations": 1,
         "duplicate_pair_id": 1, "outside_images_root": 1, "not_a_file": 1, "ambiguous_images": 1,
@@ -278,8 +293,11 @@ def test_json_array_and_all_rows_bad(ray_local, images: Path, tmp_path: Path):
     ]))
     out = tmp_path / "ds"
     out.mkdir()
-    with pytest.raises(BadRowsError, match=r"all 2 rows are bad(.|\n)*item 1 \(prompt 'a'\): rejected: image 'nope.png' not found"):
+    with pytest.raises(BadRowsError) as exc:
         import_pairs(src, images, out, on_bad_row="skip", seed=0, splits=[1, 0, 0])
+    msg = str(exc.value)
+    assert "all 2 rows are bad" in msg and "item 1 (prompt 'a'): rejected: image 'nope.png' not found" in msg
+    assert "item 2 (prompt 'b'): chosen: image 'notes.png' does not decode" in msg
     assert nothing_written(out)
 
 
@@ -294,11 +312,13 @@ def test_json_array_and_all_rows_bad(ray_local, images: Path, tmp_path: Path):
 def test_unusable_files_are_refused(images: Path, tmp_path: Path, name: str, text: str, words: str):
     src = tmp_path / name
     src.write_text(text)
-    with pytest.raises(ImportFileError, match=None) as exc:
+    with pytest.raises(ImportFileError) as exc:
         import_pairs(src, images, tmp_path / "ds", seed=0, splits=[1, 0, 0])
     assert words in str(exc.value) and str(src) in str(exc.value)
     with pytest.raises(ImportFileError, match="import file not found"):
         import_pairs(tmp_path / "missing.jsonl", images, tmp_path / "ds", seed=0, splits=[1, 0, 0])
+    with pytest.raises(ImportFileError, match="--images-root is not a folder"):
+        import_pairs(src, tmp_path / "no-such-dir", tmp_path / "ds", seed=0, splits=[1, 0, 0])
 
 
 def test_assign_split_is_seeded_and_follows_fractions():
@@ -309,3 +329,17 @@ def test_assign_split_is_seeded_and_follows_fractions():
     assert abs(share["train"] - 0.8) < 0.03 and abs(share["val"] - 0.1) < 0.02 and abs(share["test"] - 0.1) < 0.02
     assert {assign_split(0, i, [1, 0, 0]) for i in ids[:200]} == {"train"}
     assert {assign_split(0, i, [0, 0, 1]) for i in ids[:200]} == {"test"}
+
+
+def test_image_changed_after_validation_stops_the_write(images: Path):
+    """Pass 2 re-reads each image and refuses bytes other than the ones pass 1 validated."""
+    good_sha = hashlib.sha256((images / "a.png").read_bytes()).hexdigest()
+    pair = {"pair_id": "p", "prompt": "x", "source": "import", "split": "train", "chosen_path": "a.png",
+            "rejected_path": "b.png", "chosen_sha256": good_sha, "rejected_sha256": good_sha}  # b.png's bytes differ
+    with pytest.raises(ImageChangedError, match=r"'b.png' \(pair p\) changed while importing") as exc:
+        load_pairs_batch(pa.Table.from_pylist([pair]), str(images))
+    assert str(pickle.loads(pickle.dumps(exc.value))) == str(exc.value)
+    pair["rejected_sha256"] = hashlib.sha256((images / "b.png").read_bytes()).hexdigest()
+    table = load_pairs_batch(pa.Table.from_pylist([pair]), str(images))
+    assert table.schema.equals(PAIR_SCHEMA)
+    assert table.column("rejected_image")[0].as_py() == (images / "b.png").read_bytes()

@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -126,29 +127,66 @@ def spatial_corpus() -> list[str]:
 # ----------------------------------------------------------------------------------------------- tokenizers
 
 
+def _learn_bpe(backend, num_merges: int, suffix: str = "") -> list[tuple[str, str]]:
+    """Learn BPE merges on `spatial_corpus()`, as pieces of `backend`'s normalizer and pre-tokenizer.
+
+    A plain loop rather than `tokenizers.trainers.BpeTrainer`: the trainer breaks ties between equally
+    frequent pairs in hash order, so two builds could swap merges and token ids (seen as a flaky fixture).
+    Here ties go to the lexicographically smallest pair, so the vocabulary is identical on every run.
+    `suffix` marks the last symbol of each word (CLIP's `</w>`).
+    """
+    words: Counter[tuple[str, ...]] = Counter()
+    for line in spatial_corpus():
+        text = backend.normalizer.normalize_str(line) if backend.normalizer else line
+        for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text):
+            symbols = list(piece)
+            symbols[-1] += suffix
+            words[tuple(symbols)] += 1
+    merges = []
+    while len(merges) < num_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break  # every word is a single token
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return merges
+
+
+def _byte_alphabet() -> list[str]:
+    # The 256 byte-level symbols in GPT-2 / Qwen / CLIP vocabulary order: printable bytes stand for themselves
+    # and the rest are shifted to 256+, so sorting by code point gives the real order.
+    from tokenizers import pre_tokenizers
+
+    return sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
+
+
 def _train_qwen_tokenizer(vocab_size: int):
     """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, wrapped as a `Qwen2Tokenizer`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
 
-    # Build an empty Qwen2Tokenizer only to borrow its exact normalizer and pre-tokenizer, so the merges are
-    # learned on the same pieces the final tokenizer will see.
+    # An empty Qwen2Tokenizer lends its exact normalizer and pre-tokenizer, so the merges are learned on the
+    # same pieces the final tokenizer will see.
     template = Qwen2Tokenizer().backend_tokenizer
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = template.normalizer
-    bpe.pre_tokenizer = template.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS),
-        min_frequency=1,
-        show_progress=False,
-        # All 256 byte symbols, so any text (any language, emoji) tokenizes without unknowns.
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(spatial_corpus(), trainer=trainer)
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    alphabet = _byte_alphabet()  # all 256 byte symbols: any text (any language, emoji) tokenizes, no unknowns
+    merges = _learn_bpe(template, vocab_size - len(QWEN_SPECIAL_TOKENS) - len(alphabet))
+    vocab = {t: i for i, t in enumerate(alphabet + [a + b for a, b in merges])}
     tok = Qwen2Tokenizer(
-        vocab=state["vocab"],
+        vocab=vocab,
         merges=merges,
         # No special tokens yet: the constructor would add eos before pad and scramble the id order.
         unk_token=None,
@@ -173,37 +211,19 @@ def _train_clip_tokenizer(folder: Path, vocab_size: int):
     `CLIPTokenizer(vocab_file=..., merges_file=...)` silently ignores the files in transformers 5.x (the
     tokenizer ends up with 2 tokens), so we go through `from_pretrained(folder)`, which works in 4.x and 5.x.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
     template = CLIPTokenizer().backend_tokenizer
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer = template.normalizer
-    bpe.pre_tokenizer = template.pre_tokenizer
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        show_progress=False,
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-    )
-    bpe.train_from_iterator(spatial_corpus(), trainer=trainer)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     # The real CLIP layout: 256 byte symbols, the same with `</w>`, one token per merge, then the two specials
     # (so <|endoftext|> is the last id, as 49407 is in openai/clip-vit-large-patch14).
-    byte_symbols = sorted(alphabet, key=lambda s: ord(s))
-    tokens = byte_symbols + [s + "</w>" for s in byte_symbols]
-    seen = set(tokens)
-    for merge in merges:
-        merged = merge.replace(" ", "")
-        if merged not in seen:
-            seen.add(merged)
-            tokens.append(merged)
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [s + "</w>" for s in alphabet]
+    merges = _learn_bpe(template, vocab_size - len(tokens) - 2, suffix="</w>")
+    tokens += [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (folder / "merges.txt").write_text(merges_txt, encoding="utf-8")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
     for leaked in ("is_local", "local_files_only"):  # loading kwargs that save_pretrained would write out
         tokenizer.init_kwargs.pop(leaked, None)
@@ -219,7 +239,6 @@ def _build_t5_tokenizer():
     """
     import math
     import re
-    from collections import Counter
 
     from transformers import T5Tokenizer
 
