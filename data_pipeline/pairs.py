@@ -51,7 +51,7 @@ def make_pair(pair_id: int, seed: int, split: str, cfg: WorldConfig) -> dict:
             continue
         bad_scene, violated, bad_m = result
         objects = [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
-        if not (all(object_presence(m, objects)[0]) and all(object_presence(bad_m, objects)[0])):
+        if not (all(object_presence(m, objects, True)[0]) and all(object_presence(bad_m, objects, True)[0])):
             continue  # an occluded shape would be unreadable from pixels: like an ambiguous relation, not stated
         writer = PromptWriter(rng, scene, relations)
         info = structured(scene, relations)

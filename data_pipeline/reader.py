@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data_pipeline.dataset_io import decode_image, split_dir
 
@@ -28,13 +29,13 @@ REWARD_INSTRUCTION = (
 )
 SIDES = ("chosen", "rejected")
 PIXEL_KEYS = ("pixel_values",)  # processor outputs indexed by image patch, not by sample
-PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0}  # input_ids uses the tokenizer's pad id
 
 
 @dataclass
 class ReaderConfig:
     processor: str = "tiny"  # folder, preset or hub id (spatialrl.models.loader)
     image_size: int = 112  # images are resized to this square before the processor (multiple of 28)
+    max_length: int = 640  # tokens per sequence incl. image tokens; longer prompts raise (never truncated)
     batch_size: int = 32  # pairs per preprocessing task
     num_actors: int = 2  # preprocessing actors
     cpus_per_actor: float = 0.5  # logical CPUs: leave room for the Parquet read tasks (a 2-CPU box deadlocks at 1.0)
@@ -61,47 +62,49 @@ def load_processor(name: str, image_size: int):
     return load_vl_processor(name, min_pixels=pixels, max_pixels=pixels)
 
 
-def encode_pairs(processor, image_size: int, prompts: list[str], chosen: list, rejected: list) -> dict[str, list]:
-    """Processor outputs for a list of pairs, split back into one variable-length entry per pair and side.
+def encode_pairs(processor, image_size: int, prompts: list[str], chosen: list, rejected: list,
+                 max_length: int = 640) -> dict[str, np.ndarray]:
+    """Processor outputs for a list of pairs as fixed-shape arrays, one row per pair and side.
 
-    Returns {f"{side}_{key}": [array per pair]}: token-level keys trimmed of padding ([L_i]), pixel keys as
-    each image's own patch rows ([P_i, D]), other per-image keys as they are (e.g. image_grid_thw [3]).
+    Returns {f"{side}_{key}": array [n, ...]}: token-level keys left-padded to `max_length` ([n, max_length]),
+    pixel keys as each image's patch rows ([n, P, D]; every image has the same size, so the same P), other
+    per-image keys as they are (e.g. image_grid_thw [n, 3]). Fixed shapes keep Ray Data blocks as plain
+    tensors (variable-shaped columns cost several times more to move); the collator trims the padding again.
     """
     n = len(prompts)
     texts = [reward_text(processor, p) for p in prompts]
     images = [img if img.size == (image_size, image_size) else img.resize((image_size, image_size), 2)
               for img in chosen + rejected]  # 2 = bilinear
-    enc = processor(text=texts + texts, images=images, padding=True, return_tensors="np")
-    mask = enc["attention_mask"].astype(bool)  # [2n, L]
-    seq_len = mask.shape[1]
-    grid = enc["image_grid_thw"]  # [2n, 3]
-    patch_ends = np.cumsum(grid.prod(axis=1))
-    patch_starts = patch_ends - grid.prod(axis=1)
-    out: dict[str, list] = {}
+    enc = processor(text=texts + texts, images=images, padding="max_length", max_length=max_length,
+                    truncation=False, return_tensors="np")
+    seq_len = enc["attention_mask"].shape[1]
+    if seq_len > max_length:
+        raise ValueError(
+            f"a prompt needs {seq_len} tokens with its image, more than reader.max_length={max_length}; "
+            "raise reader.max_length (prompts are never truncated: the cut relations would be lost)"
+        )
+    out: dict[str, np.ndarray] = {}
     for key, value in enc.items():
         value = np.asarray(value)
+        if key in PIXEL_KEYS:
+            value = value.reshape(2 * n, -1, value.shape[-1])  # [2n, P, D]
         for s_i, side in enumerate(SIDES):
-            rows = range(s_i * n, (s_i + 1) * n)
-            if key in PIXEL_KEYS:
-                out[f"{side}_{key}"] = [value[patch_starts[r]:patch_ends[r]] for r in rows]
-            elif value.ndim == 2 and value.shape == (2 * n, seq_len):
-                out[f"{side}_{key}"] = [value[r][mask[r]] for r in rows]
-            else:
-                out[f"{side}_{key}"] = [value[r] for r in rows]
+            out[f"{side}_{key}"] = value[s_i * n:(s_i + 1) * n]
     return out
 
 
 class PairPreprocessor:
     """Ray Data actor body (also usable as a plain callable): a Parquet batch -> per-pair processor inputs."""
 
-    def __init__(self, processor: str, image_size: int):
+    def __init__(self, processor: str, image_size: int, max_length: int):
         self.processor = load_processor(processor, image_size)
         self.image_size = image_size
+        self.max_length = max_length
 
     def __call__(self, batch: dict) -> dict:
         chosen = [decode_image(b) for b in batch["chosen_image"]]
         rejected = [decode_image(b) for b in batch["rejected_image"]]
-        out = encode_pairs(self.processor, self.image_size, list(batch["prompt"]), chosen, rejected)
+        out = encode_pairs(self.processor, self.image_size, list(batch["prompt"]), chosen, rejected, self.max_length)
         npert = batch["num_perturbations"]
         out["num_perturbations"] = np.array([-1 if v is None or v != v else int(v) for v in npert], dtype=np.int64)
         out["pair_id"] = np.asarray(batch["pair_id"]).astype(str)
@@ -109,40 +112,34 @@ class PairPreprocessor:
 
 
 @dataclass
-class PairCollator:
-    """Pads per-pair entries into one model batch: chosen rows first, then rejected ([2B, ...])."""
+class PairCollator(NumpyBatchCollateFn):
+    """Stacks per-pair entries into one model batch, chosen rows first, then rejected ([2B, ...]), and trims
+    the token columns that are padding in every row."""
 
-    pad_token_id: int
     padding_side: str = "left"
 
     @classmethod
     def from_config(cls, cfg: ReaderConfig) -> "PairCollator":
         proc = load_processor(cfg.processor, cfg.image_size)
-        return cls(pad_token_id=int(proc.tokenizer.pad_token_id), padding_side=proc.tokenizer.padding_side)
-
-    def _pad(self, seqs: list[np.ndarray], value: int) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        out = np.full((len(seqs), width), value, dtype=np.asarray(seqs[0]).dtype)
-        for i, s in enumerate(seqs):
-            if self.padding_side == "left":
-                out[i, width - len(s):] = s
-            else:
-                out[i, : len(s)] = s
-        return torch.from_numpy(out)
+        return cls(padding_side=proc.tokenizer.padding_side)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         keys = sorted({k.split("_", 1)[1] for k in batch if k.startswith(SIDES)})
-        lengths = [len(x) for side in SIDES for x in batch[f"{side}_input_ids"]]
+        both = {key: np.concatenate([np.stack(list(batch[f"{side}_{key}"])) for side in SIDES]) for key in keys}
+        mask = both["attention_mask"].astype(bool)  # [2B, max_length]
+        real = mask.any(axis=0)  # columns that hold a token in some row
+        # with left padding the real tokens are the right-most columns; keep just enough of them
+        keep = slice(int(np.argmax(real)), None) if self.padding_side == "left" else slice(0, int(real.nonzero()[0][-1]) + 1)
+        width = mask.shape[1]
         out: dict[str, torch.Tensor] = {}
-        for key in keys:
-            items = [np.asarray(x) for side in SIDES for x in batch[f"{side}_{key}"]]
+        for key, value in both.items():
             if key in PIXEL_KEYS:
-                out[key] = torch.from_numpy(np.concatenate(items, axis=0))
-            elif all(x.ndim == 1 for x in items) and [len(x) for x in items] == lengths:  # token-level
-                out[key] = self._pad(items, self.pad_token_id if key == "input_ids" else PAD_VALUES.get(key, 0))
+                out[key] = torch.from_numpy(value.reshape(-1, value.shape[-1]))  # [2B * P, D]
+            elif value.ndim == 2 and value.shape[1] == width:
+                out[key] = torch.from_numpy(np.ascontiguousarray(value[:, keep]))  # [2B, L]
             else:
-                out[key] = torch.from_numpy(np.stack(items))
-        out["num_perturbations"] = torch.as_tensor(batch["num_perturbations"]).long()
+                out[key] = torch.from_numpy(value)
+        out["num_perturbations"] = torch.tensor(np.asarray(batch["num_perturbations"]), dtype=torch.long)
         return out
 
 
@@ -161,7 +158,7 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
     ds = ray.data.read_parquet(str(path), columns=READ_COLUMNS)
     return ds.map_batches(
         PairPreprocessor,
-        fn_constructor_kwargs={"processor": cfg.processor, "image_size": cfg.image_size},
+        fn_constructor_kwargs={"processor": cfg.processor, "image_size": cfg.image_size, "max_length": cfg.max_length},
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor,

@@ -15,6 +15,7 @@ colour matching has a tolerance and tiny specks are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -54,12 +55,15 @@ def segment(image: np.ndarray, colours: list[str]) -> np.ndarray:
     return np.where(close, lut[nearest], 0).astype(np.uint8)
 
 
+@lru_cache(maxsize=4096)
 def _template(shape: str, w: int, h: int) -> np.ndarray:
     """A shape drawn into a w x h box (drawn square, then stretched to the box's aspect ratio)."""
     side = max(w, h)
     sq = Image.new("L", (side, side), 0)
     draw_shape(ImageDraw.Draw(sq), shape, side / 2, side / 2, side, 1)
-    return np.asarray(sq.resize((w, h), Image.NEAREST)) > 0
+    t = np.asarray(sq.resize((w, h), Image.NEAREST)) > 0
+    t.flags.writeable = False  # shared by the cache
+    return t
 
 
 def classify_shape(mask: np.ndarray, hidden: np.ndarray | None = None) -> tuple[str, dict[str, float]]:
@@ -127,8 +131,14 @@ def verify(image: np.ndarray, objects: list[dict], relations: list[dict], margin
     return VerifyResult(holds, present, seen)
 
 
-def object_presence(m: Measurements, objects: list[dict]) -> tuple[list[bool], list[str | None]]:
-    """Per object: present with the named shape? And the shape seen (None if absent)."""
+def object_presence(
+    m: Measurements, objects: list[dict], only_touching: bool = False
+) -> tuple[list[bool], list[str | None]]:
+    """Per object: present with the named shape? And the shape seen (None if absent).
+
+    `only_touching` skips classifying objects that touch nothing (the generator's fast path: an unoccluded
+    clean shape always reads back as itself, see tests/test_world.py::test_shape_classifier_on_clean_shapes).
+    """
     present, seen = [], []
     for i, o in enumerate(objects):
         if m.masks[i] is None:
@@ -136,6 +146,10 @@ def object_presence(m: Measurements, objects: list[dict]) -> tuple[list[bool], l
             seen.append(None)
             continue
         neighbours = [q for pair in m.touching if i in pair for q in pair if q != i]
+        if only_touching and not neighbours:
+            present.append(True)
+            seen.append(o["shape"])
+            continue
         hidden = None
         if neighbours:
             hidden = np.zeros_like(m.masks[i])

@@ -67,6 +67,9 @@ def generate(cfg: BuildDatasetConfig, out: Path) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+    # Generation is CPU-bound and the id source is trivial: without this, Ray Data reserves half the CPUs for
+    # the range reader and runs one generation task at a time on a 2-core machine.
+    ctx.op_resource_reservation_enabled = False
     for split, n in split_sizes(cfg.pairs, cfg.splits).items():
         if n == 0:
             continue

@@ -1,0 +1,133 @@
+"""Sample images from a Flux model (optionally with a LoRA) and, for spatial-world prompts, verify them.
+
+Writes into --out: one PNG per image, `grid.png` (a row per prompt, a column per sample), `samples.jsonl`
+(prompt, file, seed, and per-relation verdicts when known), and `verify.json` when the prompts carry the
+structured `objects` / `relations` of `prompts_*.jsonl` from jobs.build_dataset: `object_presence` (fraction
+of objects found with the named shape) and `relation_accuracy` (fraction of relations that hold), over all
+images. Deterministic sampling (noise level 0) by default. In-process, no Ray.
+
+    python -m jobs.sample --model tiny --prompts data/prompts_test.jsonl --limit 8 --out runs/samples
+    python -m jobs.sample --model /models/FLUX.1-dev --lora runs/grpo/lora --prompts "a red circle left of a cat" \
+        --out runs/one --n-per-prompt 4 --resolution 512 --steps 28 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+
+
+def read_prompts(arg: str, limit: int | None = None) -> list[dict]:
+    """A .jsonl file (objects with `prompt`, optional `objects`/`relations`), a text file (a prompt per line),
+    or the prompt itself."""
+    path = Path(arg)
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(lines, 1):
+                row = json.loads(line)
+                if not isinstance(row, dict) or not str(row.get("prompt") or "").strip():
+                    raise SystemExit(f"{path}:{n}: each line must be a JSON object with a non-empty 'prompt'")
+                rows.append(row)
+        else:
+            rows = [{"prompt": ln.strip()} for ln in lines]
+    else:
+        rows = [{"prompt": arg}]
+    if not rows:
+        raise SystemExit(f"no prompts in {arg}")
+    return rows[:limit] if limit else rows
+
+
+def verify_images(rows: list[dict], images: np.ndarray, k: int) -> tuple[dict | None, list[dict]]:
+    """Verifier verdicts per image, and the totals; (None, []) when no prompt carries structure."""
+    if not any(r.get("objects") and r.get("relations") is not None for r in rows):
+        return None, []
+    from data_pipeline.verifier import margins_for, verify
+
+    margins = margins_for(images.shape[1])
+    present = holds = n_obj = n_rel = 0
+    per_image = []
+    for i, img in enumerate(images):
+        row = rows[i // k]
+        if not row.get("objects"):
+            per_image.append({})
+            continue
+        res = verify(img, row["objects"], row.get("relations") or [], margins)
+        present, holds = present + sum(res.objects_present), holds + sum(res.relations_hold)
+        n_obj, n_rel = n_obj + len(res.objects_present), n_rel + len(res.relations_hold)
+        per_image.append({"objects_present": res.objects_present, "relations_hold": res.relations_hold})
+    summary = {
+        "object_presence": present / max(n_obj, 1),
+        "relation_accuracy": holds / max(n_rel, 1),
+        "num_images": int(len(images)),
+        "num_objects": n_obj,
+        "num_relations": n_rel,
+    }
+    return summary, per_image
+
+
+def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
+    """[rows * cols, H, W, 3] uint8 -> one image, row r = images r*cols .. r*cols + cols - 1."""
+    cols = len(images) // rows
+    h, w = images.shape[1:3]
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
+    return Image.fromarray(grid)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="preset (tiny, small, full), hub id or diffusers folder")
+    p.add_argument("--lora", help="diffusers-format LoRA folder (FluxPipeline.load_lora_weights)")
+    p.add_argument("--prompts", required=True, help="FILE.jsonl, a text file (one per line) or a prompt")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n-per-prompt", type=int, default=4)
+    p.add_argument("--limit", type=int, help="use the first N prompts only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--noise-level", type=float, default=0.0, help="0 = deterministic (ODE); >0 = Flow-GRPO SDE")
+    p.add_argument("--guidance", type=float, default=3.5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    rows = read_prompts(args.prompts, args.limit)
+    k = args.n_per_prompt
+    cfg = FluxSamplerConfig(
+        model=args.model, resolution=args.resolution, num_steps=args.steps, noise_level=args.noise_level,
+        guidance=args.guidance, group_size=k, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+        device=args.device,
+    )
+    sampler = FluxSampler(cfg)
+    if args.lora:
+        sampler.load_lora(args.lora)
+    traj = sampler.sample([r["prompt"] for r in rows], seed=args.seed)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary, verdicts = verify_images(rows, traj.images, k)
+    with open(args.out / "samples.jsonl", "w") as f:
+        for i, img in enumerate(traj.images):
+            name = f"p{i // k:04d}_s{i % k:02d}.png"
+            Image.fromarray(img).save(args.out / name)
+            record = {"prompt": rows[i // k]["prompt"], "file": name, "seed": int(traj.seeds[i])}
+            f.write(json.dumps({**record, **(verdicts[i] if verdicts else {})}) + "\n")
+    image_grid(traj.images, rows=len(rows)).save(args.out / "grid.png")
+    if summary is not None:
+        (args.out / "verify.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {len(traj.images)} images of {len(rows)} prompts to {args.out}" + (f"; verify: {summary}" if summary else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
