@@ -39,6 +39,7 @@ class ReaderConfig:
     batch_size: int = 32  # pairs per preprocessing task
     num_actors: int = 2  # preprocessing actors
     cpus_per_actor: float = 0.5  # logical CPUs: leave room for the Parquet read tasks (a 2-CPU box deadlocks at 1.0)
+    read_cpus: float = 0.25  # per Parquet read task (I/O bound)
 
     def validate(self) -> None:
         from spatialrl.config import ConfigError
@@ -155,7 +156,7 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
         from data_pipeline.dataset_io import DatasetError
 
         raise DatasetError(f"{path} does not exist: is {data_dir} a dataset with a {split!r} split?")
-    ds = ray.data.read_parquet(str(path), columns=READ_COLUMNS)
+    ds = ray.data.read_parquet(str(path), columns=READ_COLUMNS, ray_remote_args={"num_cpus": cfg.read_cpus})
     return ds.map_batches(
         PairPreprocessor,
         fn_constructor_kwargs={"processor": cfg.processor, "image_size": cfg.image_size, "max_length": cfg.max_length},
