@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     image_grid(traj.images, rows=len(rows)).save(args.out / "grid.png")
     if summary is not None:
         (args.out / "verify.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {len(traj.images)} images of {len(rows)} prompts to {args.out}" + (f"; verify: {summary}" if summary else ""))
+    print(f"wrote {len(traj.images)} images of {len(rows)} prompts to {args.out}")
+    if summary is not None:
+        print(f"verify: {summary}")
     return summary
 
 

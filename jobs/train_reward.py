@@ -115,12 +115,14 @@ def evaluate(engine, shard, collate, cfg: TrainRewardConfig) -> dict:
     """Pairwise accuracy (and mean BT loss) on this worker's share of the val split, summed over workers."""
     import torch
 
+    from spatialrl.reward_model import pair_loss_from_scores
+
     model = engine.module
     model.eval()
     correct = total = loss_sum = 0.0
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate):
-            _, m = model.pair_loss(batch)
+            _, m = pair_loss_from_scores(*engine(**batch), cfg.model.loss)
             b = batch["input_ids"].shape[0] // 2
             correct += m["reward/accuracy"] * b
             loss_sum += m["loss/bt"] * b
@@ -141,7 +143,7 @@ def train_func(config: dict) -> None:
     from ray.train import Checkpoint
 
     from data_pipeline.reader import PairCollator
-    from spatialrl.reward_model import SpatialRewardModel
+    from spatialrl.reward_model import SpatialRewardModel, pair_loss_from_scores
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -174,7 +176,7 @@ def train_func(config: dict) -> None:
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, m = engine.module.pair_loss(batch)
+            loss, m = pair_loss_from_scores(*engine(**batch), cfg.model.loss)
             engine.backward(loss)
             engine.step()
             global_step += 1

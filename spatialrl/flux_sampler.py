@@ -1,0 +1,422 @@
+"""FluxSampler: groups of Flux images per prompt, with the whole latent trajectory and per-step log-probs.
+
+A plain class (Ray wraps it in `actors/sampler_actor.py`). It loads a FluxPipeline through
+`spatialrl.models.loader` (tiny, small or full presets, or a folder), encodes each prompt once, and runs its
+own denoising loop over the transformer (not `pipe.__call__`), so that each step can be an SDE step with a
+log-prob (`spatialrl.flux_math.sde_step`, GRPO rollouts) or a plain Euler step (noise level 0, evaluation).
+Noise level 0 reproduces the stock `FluxPipeline` latents bit for bit in float32 (same seeds, steps, batch).
+
+Randomness: image i of a call gets its own CPU generator seeded `seed + i` (i = group * group_size + k), used
+first for its initial noise (drawn as `FluxPipeline` draws with a list of generators) and then for its SDE
+noise, step by step. So an image depends on its seed alone, never on the batch it ran in, and with
+`shared_noise_per_group` every image of a group starts from the group's first image's noise (only the SDE
+noise differs: DanceGRPO's `init_same_noise`).
+
+The learner's importance ratio: `recompute_log_probs` re-runs the transformer on the stored latents in the
+same batches as sampling and scores the stored next latents with the same `sde_step`, so with unchanged
+weights the ratio is exactly 1. LoRA: `set_lora(state_dict, version)` swaps peft weights in place (the base
+model stays loaded); `load_lora(dir)` loads a diffusers-format LoRA folder.
+
+Departures from Flow-GRPO: latents are kept in float32 between steps even when the model runs in bfloat16
+(the transformer sees `x.to(bf16)`), so bf16 runs match the stock pipeline only approximately; the T5 length
+defaults to diffusers' 512 (Flow-GRPO uses 128), since spatial prompts run to 120 words.
+
+    sampler = FluxSampler(FluxSamplerConfig(model="tiny", resolution=64, num_steps=6, group_size=4))
+    traj = sampler.sample(["a red circle left of a blue square"], seed=0)
+    traj.images  # [4, 64, 64, 3] uint8;  traj.log_probs  # [4, 6]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from spatialrl.config import ConfigError
+from spatialrl.flux_math import flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, unpack_latents
+
+# Flow-GRPO's Flux LoRA targets (train_flux.py): attention and MLPs of the double-stream blocks; in the
+# single-stream blocks only attn.to_q/k/v match (their attention is pre_only, proj_mlp/proj_out not targeted).
+FLUX_LORA_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ADAPTER = "default"
+
+
+@dataclass
+class FluxSamplerConfig:
+    """What to sample and how. Defaults run on a laptop CPU with the tiny fixture."""
+
+    model: str = "tiny"  # preset (tiny, small, full), hub id or diffusers folder
+    resolution: int = 128  # pixels, square; a multiple of 16 (VAE 8x times 2x2 packing)
+    num_steps: int = 6
+    noise_level: float = 0.7  # Flow-GRPO's a; 0 = deterministic Euler (evaluation)
+    guidance: float = 3.5  # FLUX.1-dev's distilled guidance, one forward per step
+    group_size: int = 4  # images per prompt (G)
+    batch_size: int = 4  # images per transformer forward
+    max_sequence_length: int = 512  # T5 tokens
+    seed: int = 0
+    shared_noise_per_group: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = "auto"  # auto = cuda if visible, else cpu
+    lora_rank: int = 64  # the adapter set_lora creates; must match the learner's
+    lora_alpha: float = 128.0
+
+    def validate(self) -> None:
+        if self.resolution < 16 or self.resolution % 16:
+            raise ConfigError(f"sampler.resolution={self.resolution}: use a multiple of 16 (VAE 8x, 2x2 packing)")
+        if self.num_steps < 1:
+            raise ConfigError(f"sampler.num_steps={self.num_steps}: need at least 1 step")
+        if not 0 <= self.noise_level < 10 or math.isnan(self.noise_level):
+            raise ConfigError(f"sampler.noise_level={self.noise_level}: use 0 (ODE) or a positive value like 0.7")
+        if self.group_size < 1 or self.batch_size < 1:
+            raise ConfigError("sampler.group_size and sampler.batch_size must be >= 1")
+        if not 1 <= self.max_sequence_length <= 512:
+            raise ConfigError(f"sampler.max_sequence_length={self.max_sequence_length}: Flux's T5 takes 1..512 tokens")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"sampler.dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"sampler.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ConfigError("sampler.lora_rank must be >= 1 and sampler.lora_alpha > 0")
+
+
+@dataclass
+class Trajectory:
+    """One sampling call: N = len(prompts) * group_size images, in group order, and how they were made."""
+
+    images: np.ndarray | None  # [N, H, W, 3] uint8 (None when decode=False)
+    latents: torch.Tensor  # [N, T + 1, S, 64] float32, CPU; latents[:, 0] is the initial noise
+    log_probs: torch.Tensor  # [N, T] float32: log p(latents[:, j + 1] | latents[:, j]); NaN in ODE mode
+    sigmas: torch.Tensor  # [T + 1] float32, ends with 0
+    timesteps: torch.Tensor  # [T] float32, sigmas[:-1] * 1000
+    prompts: list[str]  # [P] one per group
+    prompt_ids: list  # [P] the caller's ids for the prompts (default 0..P-1)
+    group_index: np.ndarray  # [N] int64: which prompt each image belongs to
+    seeds: np.ndarray  # [N] int64: each image's generator seed
+    noise_level: float
+    policy_version: int
+    resolution: int
+    batch_size: int  # images per forward when sampled; recompute_log_probs uses the same batches
+    guidance: float
+
+    @property
+    def num_images(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.log_probs.shape[1])
+
+    @property
+    def group_size(self) -> int:
+        return self.num_images // max(1, len(self.prompts))
+
+
+def flux_lora_config(rank: int = 64, alpha: float = 128.0, targets: tuple[str, ...] = FLUX_LORA_TARGETS):
+    """The peft LoraConfig of Flow-GRPO's Flux recipe (Gaussian A, zero B: the new adapter changes nothing)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but CUDA is not available here; use device=auto or cpu")
+    return torch.device(device)
+
+
+class FluxSampler:
+    """Samples groups of images per prompt with log-probs; holds one Flux pipeline and its LoRA adapter."""
+
+    def __init__(self, cfg: FluxSamplerConfig | None = None):
+        from spatialrl.models.loader import load_flux_pipeline
+
+        self.cfg = cfg or FluxSamplerConfig()
+        self.cfg.validate()
+        self.device = resolve_device(self.cfg.device)
+        self.dtype = DTYPES[self.cfg.dtype]
+        self.pipe = load_flux_pipeline(self.cfg.model, dtype=self.dtype).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in (self.pipe.transformer, self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
+            module.requires_grad_(False).eval()
+        self.transformer = self.pipe.transformer
+        self.vae = self.pipe.vae
+        self._check_scheduler()
+        self.policy_version = 0
+        self._adapter: Literal["set", "loaded"] | None = None
+        self._lora_keys: set[str] | None = None
+
+    # ------------------------------------------------------------------------------------------ schedule
+
+    def _check_scheduler(self) -> None:
+        sc = self.pipe.scheduler.config
+        unsupported = {
+            "use_dynamic_shifting": (sc.get("use_dynamic_shifting"), True),
+            "time_shift_type": (sc.get("time_shift_type", "exponential"), "exponential"),
+            "shift_terminal": (sc.get("shift_terminal"), None),
+            "invert_sigmas": (bool(sc.get("invert_sigmas")), False),
+            "use_karras_sigmas": (bool(sc.get("use_karras_sigmas")), False),
+            "use_exponential_sigmas": (bool(sc.get("use_exponential_sigmas")), False),
+            "use_beta_sigmas": (bool(sc.get("use_beta_sigmas")), False),
+        }
+        bad = {k: got for k, (got, want) in unsupported.items() if got != want}
+        if bad:
+            raise ValueError(
+                f"{self.cfg.model}: scheduler settings {bad} are not FLUX.1-dev's; FluxSampler implements the "
+                f"dynamically shifted schedule only (use_dynamic_shifting=True, exponential time shift)."
+            )
+
+    def latent_size(self, resolution: int) -> tuple[int, int]:
+        """Latent height and width for a square image (as FluxPipeline.prepare_latents rounds them)."""
+        side = 2 * (int(resolution) // (self.pipe.vae_scale_factor * 2))
+        return side, side
+
+    def schedule(self, resolution: int | None = None, num_steps: int | None = None) -> torch.Tensor:
+        """Sigmas `[T + 1]` for this resolution: the stock FluxPipeline schedule (shift by image tokens)."""
+        h, w = self.latent_size(resolution or self.cfg.resolution)
+        sc = self.pipe.scheduler.config
+        return flux_sigmas(
+            num_steps or self.cfg.num_steps,
+            (h // 2) * (w // 2),
+            base_seq_len=sc.get("base_image_seq_len", 256),
+            max_seq_len=sc.get("max_image_seq_len", 4096),
+            base_shift=sc.get("base_shift", 0.5),
+            max_shift=sc.get("max_shift", 1.15),
+        )
+
+    # ---------------------------------------------------------------------------------------- the model
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """T5 states `[P, L, D]`, CLIP pooled `[P, Dp]` and text ids `[L, 3]`; each prompt encoded on its own."""
+        embeds, pooled = [], []
+        for prompt in prompts:
+            e, p, text_ids = self.pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
+                max_sequence_length=self.cfg.max_sequence_length,
+            )
+            embeds.append(e)
+            pooled.append(p)
+        return torch.cat(embeds), torch.cat(pooled), text_ids
+
+    def _velocity(self, x, timestep, embeds, pooled, text_ids, img_ids) -> torch.Tensor:
+        """The transformer's velocity for latents x `[B, S, 64]` (float32) at one step: as FluxPipeline calls it."""
+        hidden = x.to(self.dtype)
+        b = hidden.shape[0]
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([1], self.cfg.guidance, device=self.device, dtype=torch.float32).expand(b)
+        t = timestep.expand(b).to(hidden.dtype)  # [B]
+        return self.transformer(
+            hidden_states=hidden,
+            timestep=t / 1000,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=img_ids,
+            joint_attention_kwargs={},
+            return_dict=False,
+        )[0]  # [B, S, 64]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, resolution: int | None = None) -> np.ndarray:
+        """Packed latents `[B, S, 64]` -> uint8 images `[B, H, W, 3]` (unpack, unscale, VAE decode)."""
+        h, w = self.latent_size(resolution or self.cfg.resolution)
+        z = unpack_latents(latents.to(device=self.device, dtype=self.dtype), h, w)  # [B, 16, h, w]
+        z = z / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        image = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+        image = (image.float() / 2 + 0.5).clamp(0, 1)
+        return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    # ----------------------------------------------------------------------------------------- sampling
+
+    def _initial_noise(self, generators, group_index: np.ndarray, h: int, w: int) -> torch.Tensor:
+        """`[N, S, 64]` float32: one draw per image from its own generator, as FluxPipeline draws per generator."""
+        channels = self.transformer.config.in_channels // 4
+        noise = [torch.randn((1, channels, h, w), generator=g, dtype=self.dtype) for g in generators]
+        x0 = pack_latents(torch.cat(noise)).float()  # [N, S, 64]
+        if self.cfg.shared_noise_per_group:
+            first = np.searchsorted(group_index, group_index)  # index of each group's first image
+            x0 = x0[torch.as_tensor(first)]
+        return x0
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        *,
+        prompt_ids: list | None = None,
+        seed: int | None = None,
+        group_size: int | None = None,
+        noise_level: float | None = None,
+        decode: bool = True,
+    ) -> Trajectory:
+        """`group_size` images for each prompt, in batches of `cfg.batch_size`; returns their Trajectory."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("prompts must be a non-empty list of non-empty strings")
+        if prompt_ids is not None and len(prompt_ids) != len(prompts):
+            raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
+        g = group_size or self.cfg.group_size
+        a = self.cfg.noise_level if noise_level is None else float(noise_level)
+        if a < 0:
+            raise ValueError(f"noise_level must be >= 0; got {a}")
+        base_seed = self.cfg.seed if seed is None else int(seed)
+        n, bs, res = len(prompts) * g, self.cfg.batch_size, self.cfg.resolution
+        group_index = np.repeat(np.arange(len(prompts)), g)  # [N]
+        seeds = base_seed + np.arange(n, dtype=np.int64)  # [N]
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+        embeds, pooled, text_ids = self.encode(prompts)  # [P, L, D], [P, Dp], [L, 3]
+        h, w = self.latent_size(res)
+        img_ids = latent_image_ids(h // 2, w // 2, device=self.device, dtype=embeds.dtype)  # [S, 3]
+        sigmas = self.schedule(res).to(self.device)  # [T + 1]
+        timesteps = sigmas[:-1] * 1000  # [T]
+        steps = len(timesteps)
+        x0 = self._initial_noise(generators, group_index, h, w)  # [N, S, 64]
+        latents = torch.empty((n, steps + 1, *x0.shape[1:]), dtype=torch.float32)  # [N, T + 1, S, 64]
+        latents[:, 0] = x0
+        log_probs = torch.full((n, steps), float("nan"))  # [N, T]
+        images = []
+        for start in range(0, n, bs):
+            idx = slice(start, min(start + bs, n))
+            rows = torch.as_tensor(group_index[idx], device=self.device)
+            emb, pool = embeds[rows], pooled[rows]
+            x = x0[idx].to(self.device)  # [B, S, 64] float32
+            for i in range(steps):
+                v = self._velocity(x, timesteps[i], emb, pool, text_ids, img_ids)
+                if a > 0:
+                    eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=gen) for gen in generators[idx]])
+                    x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps)
+                    log_probs[idx, i] = lp.cpu()
+                else:
+                    x = ode_step(x, v, sigmas[i], sigmas[i + 1])
+                latents[idx, i + 1] = x.cpu()
+            if decode:
+                images.append(self.decode(x, res))
+        return Trajectory(
+            images=np.concatenate(images) if decode else None,
+            latents=latents,
+            log_probs=log_probs,
+            sigmas=sigmas.cpu(),
+            timesteps=timesteps.cpu(),
+            prompts=list(prompts),
+            prompt_ids=list(prompt_ids) if prompt_ids is not None else list(range(len(prompts))),
+            group_index=group_index,
+            seeds=seeds,
+            noise_level=a,
+            policy_version=self.policy_version,
+            resolution=res,
+            batch_size=bs,
+            guidance=self.cfg.guidance,
+        )
+
+    @torch.no_grad()
+    def recompute_log_probs(self, trajectory: Trajectory, step_indices: list[int] | None = None) -> torch.Tensor:
+        """Log-probs `[N, K]` of the stored transitions at `step_indices` (default all) under the current weights.
+
+        Runs the transformer on the stored latents in the batches the trajectory was sampled in, and scores
+        the stored next latents with the same `sde_step`: unchanged weights give exactly the stored log-probs.
+        """
+        tr = trajectory
+        if tr.noise_level <= 0:
+            raise ValueError("this trajectory was sampled with noise_level 0 (ODE): its transitions have no log-prob")
+        steps = list(range(tr.num_steps)) if step_indices is None else [int(j) for j in step_indices]
+        bad = [j for j in steps if not 0 <= j < tr.num_steps]
+        if bad:
+            raise ValueError(f"step_indices {bad} out of range for a {tr.num_steps}-step trajectory")
+        if tr.resolution != self.cfg.resolution or tr.guidance != self.cfg.guidance:
+            raise ValueError(
+                f"trajectory sampled at resolution {tr.resolution}, guidance {tr.guidance}; this sampler uses "
+                f"{self.cfg.resolution}, {self.cfg.guidance}: recompute with the sampler config that made it"
+            )
+        embeds, pooled, text_ids = self.encode(tr.prompts)
+        h, w = self.latent_size(tr.resolution)
+        img_ids = latent_image_ids(h // 2, w // 2, device=self.device, dtype=embeds.dtype)
+        sigmas = tr.sigmas.to(self.device)
+        timesteps = tr.timesteps.to(self.device)
+        out = torch.empty((tr.num_images, len(steps)), dtype=torch.float32)  # [N, K]
+        for start in range(0, tr.num_images, tr.batch_size):
+            idx = slice(start, min(start + tr.batch_size, tr.num_images))
+            rows = torch.as_tensor(tr.group_index[idx], device=self.device)
+            emb, pool = embeds[rows], pooled[rows]
+            for k, j in enumerate(steps):
+                x = tr.latents[idx, j].to(self.device)
+                v = self._velocity(x, timesteps[j], emb, pool, text_ids, img_ids)
+                _, lp, _, _ = sde_step(
+                    x, v, sigmas[j], sigmas[j + 1], tr.noise_level, prev_sample=tr.latents[idx, j + 1].to(self.device)
+                )
+                out[idx, k] = lp.cpu()
+        return out
+
+    # --------------------------------------------------------------------------------------------- LoRA
+
+    def set_lora(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        """Swap in LoRA weights (peft keys, as `get_peft_model_state_dict(transformer)` gives them); in place.
+
+        The first call adds a peft adapter (`flux_lora_config(cfg.lora_rank, cfg.lora_alpha)`) to the
+        transformer; later calls only copy weights. Every adapter key must be given: a partial update would
+        silently mix two policy versions. Returns the new policy version.
+        """
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+        ranks = {int(t.shape[0]) for k, t in state_dict.items() if ".lora_A." in k}
+        if ranks and ranks != {self.cfg.lora_rank}:
+            raise ValueError(
+                f"LoRA state dict has rank {sorted(ranks)} but the sampler builds rank {self.cfg.lora_rank}: set "
+                f"sampler lora_rank / lora_alpha to the learner's"
+            )
+        if self._adapter == "loaded":
+            self._unload()
+        if self._adapter is None:
+            self.transformer.add_adapter(flux_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha), ADAPTER)
+            self._lora_keys = set(get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER))
+            self._adapter = "set"
+        given = set(state_dict)
+        if given != self._lora_keys:
+            missing, extra = sorted(self._lora_keys - given), sorted(given - self._lora_keys)
+            raise ValueError(
+                f"LoRA state dict does not match the sampler's adapter: {len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(extra)} unexpected (e.g. {extra[:3]}). Targets: {list(FLUX_LORA_TARGETS)}"
+            )
+        set_peft_model_state_dict(self.transformer, state_dict, adapter_name=ADAPTER)
+        self.policy_version = int(version)
+        return self.policy_version
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The current adapter's weights (CPU copies, peft keys); empty without an adapter."""
+        from peft.utils import get_peft_model_state_dict
+
+        if self._adapter is None:
+            return {}
+        name = ADAPTER if self._adapter == "set" else next(iter(self.transformer.peft_config))
+        state = get_peft_model_state_dict(self.transformer, adapter_name=name)
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def load_lora(self, path: str, version: int | None = None) -> int:
+        """Load a diffusers-format LoRA folder (`FluxPipeline.load_lora_weights`), replacing any adapter."""
+        if self._adapter is not None:
+            self._unload()
+        self.pipe.load_lora_weights(str(path))
+        self._adapter = "loaded"
+        if version is not None:
+            self.policy_version = int(version)
+        return self.policy_version
+
+    def _unload(self) -> None:
+        self.pipe.unload_lora_weights()
+        # unload removes the layers; forget peft's bookkeeping too, so set_lora can add "default" again.
+        getattr(self.transformer, "peft_config", {}).clear()
+        self.transformer._hf_peft_config_loaded = False
+        self._adapter, self._lora_keys = None, None

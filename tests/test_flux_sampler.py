@@ -1,0 +1,227 @@
+"""Unit tests for spatialrl.flux_sampler and jobs.sample on the tiny random Flux fixture (CPU, no Ray).
+
+The invariants of DESIGN.md section 3, exactly (max abs difference 0.0): noise level 0 reproduces the stock
+FluxPipeline; recomputed log-probs with unchanged weights give ratio 1. Plus LoRA swaps, seeding and the CLI.
+Run: .venv/bin/python -m pytest tests/test_flux_sampler.py -q
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatialrl.config import ConfigError
+from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig, flux_lora_config
+
+PROMPTS = ["a red circle left of a blue square", "a green triangle above a small yellow star"]
+BASE = dict(model="tiny", resolution=32, num_steps=4, group_size=3, batch_size=3, max_sequence_length=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads slow them 100x.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return FluxSampler(FluxSamplerConfig(**BASE))
+
+
+def random_lora(sampler: FluxSampler, seed: int, zero: bool = False) -> dict[str, torch.Tensor]:
+    """A LoRA state dict as a learner makes it: the same adapter on its own copy of the transformer."""
+    from peft.utils import get_peft_model_state_dict
+
+    model = copy.deepcopy(sampler.transformer)
+    if not getattr(model, "peft_config", None):  # the sampler has no adapter yet
+        model.add_adapter(flux_lora_config(sampler.cfg.lora_rank, sampler.cfg.lora_alpha))
+    g = torch.Generator().manual_seed(seed)
+    state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    for k, v in state.items():
+        if ".lora_B." in k:
+            v.copy_(torch.zeros_like(v) if zero else 0.5 * torch.randn(v.shape, generator=g))
+    return state
+
+
+def test_ode_reproduces_stock_flux_pipeline_exactly(sampler):
+    traj = sampler.sample(PROMPTS[:1], seed=11, noise_level=0.0)
+    generators = [torch.Generator().manual_seed(11 + i) for i in range(3)]
+    ref = sampler.pipe(
+        PROMPTS[0], height=32, width=32, num_inference_steps=4, guidance_scale=3.5, num_images_per_prompt=3,
+        generator=generators, output_type="latent", max_sequence_length=32,
+    ).images  # [3, S, 64]
+    assert (traj.latents[:, -1] - ref).abs().max().item() == 0.0
+    generators = [torch.Generator().manual_seed(11 + i) for i in range(3)]
+    ref_np = sampler.pipe(
+        PROMPTS[0], height=32, width=32, num_inference_steps=4, guidance_scale=3.5, num_images_per_prompt=3,
+        generator=generators, output_type="np", max_sequence_length=32,
+    ).images  # [3, H, W, 3] float in [0, 1]
+    assert np.array_equal(traj.images, (ref_np * 255).round().astype(np.uint8))
+    assert torch.equal(traj.sigmas[:-1] * 1000, traj.timesteps)
+    assert torch.isnan(traj.log_probs).all()  # no log-probs for deterministic steps
+    assert traj.images.shape == (3, 32, 32, 3) and traj.latents.shape == (3, 5, 4, 64)
+
+
+def test_recomputed_log_probs_give_ratio_exactly_one(sampler):
+    traj = sampler.sample(PROMPTS, seed=5, group_size=4)  # N = 8 in batches of 3: batches span both prompts
+    assert traj.log_probs.shape == (8, 4) and torch.isfinite(traj.log_probs).all()
+    new = sampler.recompute_log_probs(traj)
+    assert (torch.exp(new - traj.log_probs) - 1).abs().max().item() == 0.0
+    subset = sampler.recompute_log_probs(traj, [0, 2])
+    assert torch.equal(subset, traj.log_probs[:, [0, 2]])
+    with pytest.raises(ValueError, match="out of range"):
+        sampler.recompute_log_probs(traj, [4])
+    with pytest.raises(ValueError, match="ODE"):
+        sampler.recompute_log_probs(sampler.sample(PROMPTS[:1], noise_level=0.0))
+
+
+def test_bfloat16_ratio_is_exactly_one_and_math_stays_float32():
+    s = FluxSampler(FluxSamplerConfig(**BASE, dtype="bfloat16"))
+    assert s.transformer.dtype == torch.bfloat16
+    traj = s.sample(PROMPTS[:1], seed=6)
+    assert traj.latents.dtype == torch.float32 and traj.log_probs.dtype == torch.float32
+    assert torch.isfinite(traj.log_probs).all() and traj.images.dtype == np.uint8
+    assert torch.equal(s.recompute_log_probs(traj), traj.log_probs)
+
+
+def test_set_lora_changes_outputs_and_zero_lora_restores_them():
+    s = FluxSampler(FluxSamplerConfig(**BASE, lora_rank=4, lora_alpha=8))
+    base = s.sample(PROMPTS[:1], seed=1, noise_level=0.0)
+    assert base.policy_version == 0
+    assert s.set_lora(random_lora(s, seed=0), version=1) == 1
+    tuned = s.sample(PROMPTS[:1], seed=1, noise_level=0.0)
+    assert tuned.policy_version == 1
+    assert (tuned.latents[:, -1] - base.latents[:, -1]).abs().max() > 1e-3
+    adapter_params = [p for n, p in s.transformer.named_parameters() if "lora_" in n]
+    s.set_lora(random_lora(s, seed=0, zero=True), version=2)
+    assert [p for n, p in s.transformer.named_parameters() if "lora_" in n][0] is adapter_params[0]  # in place
+    restored = s.sample(PROMPTS[:1], seed=1, noise_level=0.0)
+    assert torch.equal(restored.latents, base.latents) and restored.policy_version == 2
+    # ratio 1 holds with an adapter too
+    traj = s.sample(PROMPTS[:1], seed=2)
+    assert torch.equal(s.recompute_log_probs(traj), traj.log_probs)
+    bad = random_lora(s, seed=0)
+    bad.pop(next(iter(bad)))
+    with pytest.raises(ValueError, match="1 missing"):
+        s.set_lora(bad, version=3)
+    with pytest.raises(ValueError, match="rank"):
+        s.set_lora({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(8, 32)}, version=3)
+
+
+def test_load_lora_from_a_diffusers_folder(tmp_path):
+    from diffusers import FluxPipeline
+
+    s = FluxSampler(FluxSamplerConfig(**BASE, lora_rank=4, lora_alpha=8))
+    state = random_lora(s, seed=3)
+    s.set_lora(state, version=1)
+    via_set = s.sample(PROMPTS[:1], seed=4, noise_level=0.0)
+    FluxPipeline.save_lora_weights(
+        tmp_path, transformer_lora_layers=state,
+        transformer_lora_adapter_metadata=flux_lora_config(4, 8).to_dict(),
+    )
+    fresh = FluxSampler(FluxSamplerConfig(**BASE, lora_rank=4, lora_alpha=8))
+    fresh.load_lora(tmp_path, version=7)
+    via_load = fresh.sample(PROMPTS[:1], seed=4, noise_level=0.0)
+    assert via_load.policy_version == 7
+    torch.testing.assert_close(via_load.latents, via_set.latents, rtol=0, atol=1e-6)
+    assert fresh.lora_state_dict().keys() == state.keys()
+    fresh.set_lora(state, version=8)  # replaces the loaded adapter
+    assert torch.equal(fresh.sample(PROMPTS[:1], seed=4, noise_level=0.0).latents, via_set.latents)
+    s.load_lora(tmp_path)  # and the other way round
+    again = s.sample(PROMPTS[:1], seed=4, noise_level=0.0)
+    torch.testing.assert_close(again.latents, via_set.latents, rtol=0, atol=1e-6)
+
+
+def test_shared_versus_independent_initial_noise(sampler):
+    shared = FluxSampler(FluxSamplerConfig(**BASE, shared_noise_per_group=True))
+    ind = sampler.sample(PROMPTS, seed=9)
+    sh = shared.sample(PROMPTS, seed=9)
+    x0_ind, x0_sh = ind.latents[:, 0], sh.latents[:, 0]  # [6, S, 64]
+    for group in (0, 1):
+        rows = list(range(3 * group, 3 * group + 3))
+        assert all(torch.equal(x0_sh[r], x0_sh[rows[0]]) for r in rows)  # one start per group
+        assert not torch.equal(x0_ind[rows[0]], x0_ind[rows[1]])  # independent starts
+        assert torch.equal(x0_sh[rows[0]], x0_ind[rows[0]])  # the group's first image keeps its own noise
+        assert not torch.equal(sh.latents[rows[0], -1], sh.latents[rows[1], -1])  # the SDE noise still differs
+    assert not torch.equal(x0_sh[0], x0_sh[3])  # groups differ
+    assert np.array_equal(sh.seeds, ind.seeds) and list(sh.group_index) == [0, 0, 0, 1, 1, 1]
+    ode = shared.sample(PROMPTS[:1], seed=9, noise_level=0.0)
+    assert torch.equal(ode.latents[0], ode.latents[1])  # same start, no SDE noise: identical images
+
+
+def test_deterministic_per_seed(sampler):
+    a = sampler.sample(PROMPTS, seed=21)
+    b = sampler.sample(PROMPTS, seed=21)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)
+    assert np.array_equal(a.images, b.images) and list(a.seeds) == list(range(21, 27))
+    c = sampler.sample(PROMPTS, seed=22)
+    assert not torch.equal(a.latents[:, 0], c.latents[:, 0])
+    assert torch.equal(a.latents[1:, 0], c.latents[:-1, 0])  # image i uses seed + i, whatever else is sampled
+    # noise depends on the seed alone, not on the batch an image ran in
+    one_by_one = FluxSampler(FluxSamplerConfig(**{**BASE, "batch_size": 1})).sample(PROMPTS, seed=21)
+    assert torch.equal(one_by_one.latents[:, 0], a.latents[:, 0])
+    torch.testing.assert_close(one_by_one.latents, a.latents, rtol=0, atol=1e-4)
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        FluxSamplerConfig(resolution=100).validate()
+    with pytest.raises(ConfigError, match="noise_level"):
+        FluxSamplerConfig(noise_level=-1).validate()
+
+
+def test_verify_images_counts_against_world_images():
+    from data_pipeline.pairs import make_pair
+    from data_pipeline.world import WorldConfig
+    from jobs.sample import verify_images
+
+    pair = make_pair(0, seed=0, split="test", cfg=WorldConfig())
+    info = json.loads(pair["relations"])
+    row = {"prompt": pair["prompt"], **info}
+    images = np.stack(
+        [np.asarray(Image.open(io.BytesIO(pair[c])).convert("RGB")) for c in ("chosen_image", "rejected_image")]
+    )
+    summary, per_image = verify_images([row], images, k=2)
+    n_rel = len(info["relations"])
+    assert summary["num_relations"] == 2 * n_rel and summary["num_objects"] == 2 * len(info["objects"])
+    assert all(per_image[0]["relations_hold"]) and all(per_image[0]["objects_present"])  # the perfect image
+    violated = per_image[1]["relations_hold"].count(False)
+    assert violated == pair["num_perturbations"]  # the perturbed image breaks exactly that many
+    assert summary["relation_accuracy"] == pytest.approx((2 * n_rel - violated) / (2 * n_rel))
+
+
+def test_jobs_sample_end_to_end(tmp_path):
+    from jobs import sample
+
+    objects = [{"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"}]
+    prompts = tmp_path / "prompts_test.jsonl"
+    with open(prompts, "w") as f:
+        for text, rel in zip(PROMPTS, ("left_of", "above")):
+            relations = [{"subject": 0, "type": rel, "object": 1}]
+            f.write(json.dumps({"prompt": text, "objects": objects, "relations": relations}) + "\n")
+    out = tmp_path / "out"
+    summary = sample.main([
+        "--model", "tiny", "--prompts", str(prompts), "--out", str(out), "--n-per-prompt", "3", "--steps", "2",
+        "--resolution", "32", "--seed", "4",
+    ])
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [4, 5, 6, 7, 8, 9] and rows[3]["prompt"] == PROMPTS[1]
+    assert all((out / r["file"]).is_file() for r in rows)
+    assert Image.open(out / "grid.png").size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, 2 rows, 2 px gaps
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify == summary and verify["num_objects"] == 12 and verify["num_relations"] == 6
+    assert 0.0 <= verify["object_presence"] <= 1.0 and 0.0 <= verify["relation_accuracy"] <= 1.0
+    assert len(rows[0]["relations_hold"]) == 1
+    # a plain prompt: no structure, no verify.json
+    plain = ["--prompts", "a cat", "--out", str(tmp_path / "plain"), "--n-per-prompt", "1", "--steps", "1"]
+    sample.main([*plain, "--resolution", "32"])
+    assert not (tmp_path / "plain" / "verify.json").exists()
