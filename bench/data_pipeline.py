@@ -22,6 +22,7 @@ import psutil
 import pyarrow.parquet as pq
 import torch
 
+from cluster.runtime import cpu_bound_data_context
 from data_pipeline.reader import READ_COLUMNS, PairCollator, PairPreprocessor, ReaderConfig, pair_dataset
 
 
@@ -101,27 +102,34 @@ def rows_to_columns(rows: list[dict]) -> dict:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def run_dataloader(split_path: Path, cfg: ReaderConfig, collate: PairCollator, train_batch: int, limit: int | None) -> int:
+def run_dataloader(split_path: Path, cfg: ReaderConfig, collate: PairCollator, train_batch: int, limit: int | None):
     loader = torch.utils.data.DataLoader(
         ParquetPairs(split_path, cfg, limit), batch_size=train_batch, num_workers=cfg.num_actors,
         collate_fn=lambda rows: collate(rows_to_columns(rows)), prefetch_factor=2, persistent_workers=False,
     )
-    return sum(b["input_ids"].shape[0] // 2 for b in loader)
+    return (b["input_ids"].shape[0] // 2 for b in loader)
 
 
-def run_ray(data: Path, split: str, cfg: ReaderConfig, collate: PairCollator, train_batch: int, limit: int | None) -> int:
+def run_ray(data: Path, split: str, cfg: ReaderConfig, collate: PairCollator, train_batch: int, limit: int | None):
     ds = pair_dataset(str(data), split, cfg)
     if limit is not None:
         ds = ds.limit(limit)
-    return sum(b["input_ids"].shape[0] // 2 for b in ds.iter_torch_batches(batch_size=train_batch, collate_fn=collate))
+    return (b["input_ids"].shape[0] // 2 for b in ds.iter_torch_batches(batch_size=train_batch, collate_fn=collate))
 
 
 def timed(fn, *args) -> dict:
+    """Consume the batch stream; total time, time to the first batch, and the rate after it."""
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        n = fn(*args)
+        n, first, first_n = 0, None, 0
+        for pairs in fn(*args):
+            n += pairs
+            if first is None:
+                first, first_n = time.perf_counter() - t0, pairs
         dt = time.perf_counter() - t0
+    after = (n - first_n) / (dt - first) if first is not None and dt > first else None
     return {"pairs": n, "seconds": round(dt, 2), "pairs_per_s": round(n / dt, 1),
+            "first_batch_s": round(first or 0.0, 2), "pairs_per_s_after_first_batch": round(after or 0.0, 1),
             "peak_rss_mb": round(mem.peak_rss / 2**20), "peak_pss_mb": round(mem.peak_pss / 2**20)}
 
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.order.split(","):
         if name == "ray":
             ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
-            ray.data.DataContext.get_current().enable_progress_bars = False
+            cpu_bound_data_context(progress_bars=False)
             result["ray_data"] = timed(run_ray, data, args.split, cfg, collate, args.batch_size, args.limit_pairs)
             ray.shutdown()
         else:

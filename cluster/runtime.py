@@ -39,3 +39,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
     finally:
         if started:
             ray.shutdown()
+
+
+def cpu_bound_data_context(progress_bars: bool = True):
+    """Ray Data settings for CPU-bound pipelines whose source is trivial (ids, Parquet metadata).
+
+    By default Ray Data reserves part of the CPUs for every operator; on a small machine that leaves one
+    task running for the heavy operator while the cheap source sits on its reservation. Returns the context.
+    """
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress_bars
+    ctx.op_resource_reservation_enabled = False
+    return ctx

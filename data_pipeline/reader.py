@@ -156,7 +156,7 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
         from data_pipeline.dataset_io import DatasetError
 
         raise DatasetError(f"{path} does not exist: is {data_dir} a dataset with a {split!r} split?")
-    ds = ray.data.read_parquet(str(path), columns=READ_COLUMNS, ray_remote_args={"num_cpus": cfg.read_cpus})
+    ds = ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": cfg.read_cpus}).select_columns(READ_COLUMNS)
     return ds.map_batches(
         PairPreprocessor,
         fn_constructor_kwargs={"processor": cfg.processor, "image_size": cfg.image_size, "max_length": cfg.max_length},

@@ -63,13 +63,10 @@ def generate(cfg: BuildDatasetConfig, out: Path) -> None:
     """One Ray Data pipeline per split: ids -> pairs (parallel map_batches tasks) -> Parquet shards."""
     import ray
 
+    from cluster.runtime import cpu_bound_data_context
     from data_pipeline.pairs import make_pairs_batch
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    # Generation is CPU-bound and the id source is trivial: without this, Ray Data reserves half the CPUs for
-    # the range reader and runs one generation task at a time on a 2-core machine.
-    ctx.op_resource_reservation_enabled = False
+    cpu_bound_data_context()
     for split, n in split_sizes(cfg.pairs, cfg.splits).items():
         if n == 0:
             continue

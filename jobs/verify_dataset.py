@@ -97,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from cluster.runtime import ray_session
+    from cluster.runtime import cpu_bound_data_context, ray_session
 
     splits = [s for s in (args.split or SPLITS) if split_dir(Path(args.data), s).is_dir()]
     report = {"data": str(args.data), "splits": {}}
     with ray_session(args.address, args.num_cpus):
+        cpu_bound_data_context()
         all_rows = []
         for s in splits:
-            ds = ray.data.read_parquet(str(split_dir(Path(args.data), s)), columns=["chosen_image", "rejected_image", "relations"])
+            ds = ray.data.read_parquet(str(split_dir(Path(args.data), s))).select_columns(["chosen_image", "rejected_image", "relations"])
             rows = ds.map_batches(verify_batch, batch_size=64, num_cpus=1).take_all()
             report["splits"][s] = summarise(rows)
             all_rows += rows

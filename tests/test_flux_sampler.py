@@ -23,13 +23,7 @@ PROMPTS = ["a red circle left of a blue square", "a green triangle above a small
 BASE = dict(model="tiny", resolution=32, num_steps=4, group_size=3, batch_size=3, max_sequence_length=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads slow them 100x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,164 @@
+"""Evaluate SpatialScore like the paper's Table 1: pairwise accuracy overall, on 1-perturbation pairs and on
+2-3-perturbation pairs, with baselines measured in the same run.
+
+Runs as Ray Data batch inference: a pool of actors, each holding a `SpatialScorer` per model, scores the
+chosen and the rejected image of every pair. Baselines (same backbone, same data, same run):
+  - "untrained head": the checkpoint's backbone + LoRA with a freshly initialised head (chance level),
+  - "fresh LoRA + head": the backbone with a new LoRA (B = 0) and a new head, i.e. no reward training.
+
+    python -m jobs.eval_reward --checkpoint runs/reward/final --data runs/dataset [--split test] [--json OUT]
+
+Writes JSON (`accuracy`, `accuracy_1pert`, `accuracy_2to3pert`, `n_pairs`, mean scores, baselines) and a
+markdown table (`--markdown`, default next to the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.dataset_io import DatasetError, check_dataset, decode_image, split_dir
+
+MODELS = ("spatialscore", "untrained_head", "fresh_lora_head")
+LABELS = {
+    "spatialscore": "SpatialScore (this checkpoint)",
+    "untrained_head": "baseline: checkpoint LoRA + untrained head",
+    "fresh_lora_head": "baseline: backbone + fresh LoRA + head",
+}
+PAPER_ROWS = [  # reported in the paper (its own benchmark and models), for orientation only
+    ("GPT-5 (paper)", 89.0, None, None),
+    ("Gemini-2.5 Pro (paper)", 95.1, None, None),
+    ("SpatialScore, Qwen2.5-VL-7B (paper)", 95.8, 93.9, 97.8),
+]
+
+
+class PairScorer:
+    """Ray Data actor: scores chosen and rejected images of a batch of pairs with every model."""
+
+    def __init__(self, checkpoint: str, batch_size: int, seed: int):
+        import torch
+
+        from spatialrl.scorer import SpatialScorer
+
+        self.scorers = {"spatialscore": SpatialScorer.from_checkpoint(checkpoint, batch_size=batch_size)}
+        cfg = self.scorers["spatialscore"].model.cfg
+        head_only = SpatialScorer.from_checkpoint(checkpoint, batch_size=batch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in head_only.model.head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.scorers["untrained_head"] = head_only
+        self.scorers["fresh_lora_head"] = SpatialScorer.untrained(cfg=cfg, seed=seed, batch_size=batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = list(batch["prompt"])
+        chosen = [decode_image(b) for b in batch["chosen_image"]]
+        rejected = [decode_image(b) for b in batch["rejected_image"]]
+        out = {"pair_id": np.asarray(batch["pair_id"]).astype(str),
+               "num_perturbations": np.asarray([-1 if v is None else int(v) for v in batch["num_perturbations"]])}
+        for name, scorer in self.scorers.items():
+            out[f"{name}_chosen"] = scorer.score(prompts, chosen)
+            out[f"{name}_rejected"] = scorer.score(prompts, rejected)
+        return out
+
+
+def metrics(rows: dict, name: str) -> dict:
+    c, r = np.asarray(rows[f"{name}_chosen"]), np.asarray(rows[f"{name}_rejected"])
+    k = np.asarray(rows["num_perturbations"])
+    win = c > r
+
+    def acc(mask):
+        return float(win[mask].mean()) if mask.any() else None
+
+    return {
+        "accuracy": acc(np.ones_like(win)), "accuracy_1pert": acc(k == 1), "accuracy_2to3pert": acc((k == 2) | (k == 3)),
+        "n_pairs": int(len(win)), "n_1pert": int((k == 1).sum()), "n_2to3pert": int(((k == 2) | (k == 3)).sum()),
+        "mean_score_chosen": float(c.mean()), "mean_score_rejected": float(r.mean()),
+    }
+
+
+def markdown_table(report: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"Pairwise accuracy (%) on `{report['data']}` split `{report['split']}`, {report['n_pairs']} pairs "
+             f"({report['n_1pert']} with 1 perturbation, {report['n_2to3pert']} with 2-3).", "",
+             "| model | overall | 1-pert | 2-3-pert | mean score chosen | mean score rejected |",
+             "|---|---|---|---|---|---|"]
+    for name in MODELS:
+        m = report if name == "spatialscore" else report["baselines"][name]
+        lines.append(f"| {LABELS[name]} | {pct(m['accuracy'])} | {pct(m['accuracy_1pert'])} | "
+                     f"{pct(m['accuracy_2to3pert'])} | {m['mean_score_chosen']:.3f} | {m['mean_score_rejected']:.3f} |")
+    lines += ["", "Reported in the paper on its own benchmark (not measured here):", "",
+              "| model | overall | 1-pert | 2-3-pert |", "|---|---|---|---|"]
+    for label, o, one, more in PAPER_ROWS:
+        lines.append(f"| {label} | {o} | {one if one is not None else '-'} | {more if more is not None else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a SpatialScore checkpoint folder (e.g. runs/reward/final)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    parser.add_argument("--num-actors", type=int, default=1)
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-pairs", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--address")
+    parser.add_argument("--num-cpus", type=int)
+    args = parser.parse_args(argv)
+    try:
+        check_dataset(Path(args.data))
+        from spatialrl.reward_model import read_checkpoint_meta
+
+        read_checkpoint_meta(Path(args.checkpoint))
+    except (DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not split_dir(Path(args.data), args.split).is_dir():
+        print(f"error: {args.data} has no {args.split!r} split", file=sys.stderr)
+        return 2
+
+    import ray
+
+    from cluster.runtime import ray_session
+
+    with ray_session(args.address, args.num_cpus):
+        ds = ray.data.read_parquet(str(split_dir(Path(args.data), args.split))).select_columns(
+            ["pair_id", "prompt", "chosen_image", "rejected_image", "num_perturbations"])
+        if args.max_pairs:
+            ds = ds.limit(args.max_pairs)
+        scored = ds.map_batches(
+            PairScorer, fn_constructor_kwargs={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                               "batch_size": args.batch_size, "seed": args.seed},
+            batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.num_actors),
+            num_cpus=args.cpus_per_actor,
+        ).to_pandas()
+    rows = {c: scored[c].to_numpy() for c in scored.columns}
+    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+              **metrics(rows, "spatialscore"),
+              "baselines": {name: metrics(rows, name) for name in MODELS[1:]}}
+    table = markdown_table(report)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        md = Path(args.markdown) if args.markdown else Path(args.json).with_suffix(".md")
+        md.write_text(table)
+        print(f"wrote {args.json} and {md}")
+    elif args.markdown:
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
