@@ -166,7 +166,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
-        _merge(data, loaded)
+        _merge(data, loaded, cls)
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
@@ -183,10 +183,14 @@ def _all_defaults(cls: type) -> bool:
         return False
 
 
-def _merge(base: dict, extra: dict) -> None:
+def _merge(base: dict, extra: dict, cls: type) -> None:
+    """Merge YAML into the defaults: config sections (nested dataclasses) merge key by key; any other value,
+    mappings included (e.g. world.sizes), is replaced whole, so a preset says exactly what it means."""
+    hints = typing.get_type_hints(cls)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+        section = hints.get(k)
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and dataclasses.is_dataclass(section):
+            _merge(base[k], v, section)
         else:
             base[k] = v
 

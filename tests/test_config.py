@@ -14,6 +14,11 @@ def test_defaults_yaml_and_overrides_stack():
     assert cfg.world.size_ratio == 1.4  # a dataclass default the YAML leaves alone
 
 
+def test_a_preset_mapping_replaces_the_default_mapping():
+    cfg = load_config(BuildDatasetConfig, "configs/dataset_easy.yaml")
+    assert cfg.world.sizes == {"medium": 0.26, "large": 0.32}  # no "small" left over from the defaults
+
+
 def test_override_values_are_yaml():
     assert parse_override("a.b=3") == ("a.b", 3)
     assert parse_override("a=null") == ("a", None)
