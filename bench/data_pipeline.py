@@ -22,7 +22,7 @@ import psutil
 import pyarrow.parquet as pq
 import torch
 
-from cluster.runtime import cpu_bound_data_context
+from cluster.runtime import cpu_bound_data_context, init_ray
 from data_pipeline.reader import READ_COLUMNS, PairCollator, PairPreprocessor, ReaderConfig, pair_dataset
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               "limit_pairs": args.limit_pairs}
     for name in args.order.split(","):
         if name == "ray":
-            ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+            init_ray(num_cpus=args.workers, dashboard=False, log_to_driver=False)
             cpu_bound_data_context(progress_bars=False)
             result["ray_data"] = timed(run_ray, data, args.split, cfg, collate, args.batch_size, args.limit_pairs)
             ray.shutdown()

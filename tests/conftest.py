@@ -18,10 +18,9 @@ def ray_local():
     """A real local Ray with 2 CPUs; shut down only if this fixture started it."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        started = True
+    from cluster.runtime import init_ray
+
+    started = init_ray(num_cpus=2, dashboard=False, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()
