@@ -14,8 +14,6 @@ import ray
 
 # Keep Ray's own logs readable in a terminal; jobs print their own progress.
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# Python objects we import must be importable inside Ray workers: run from the repo root, or install the package.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Ray Data's Parquet listing starts 32 footer-reading actors by default and packs row groups into 128 MiB
 # read units. Our shards are small (a few MB), so that costs a process storm and a long wait for the first
 # batch: measured on a 2-core node, 24 s to the first batch of a bare read_parquet, 4.5 s with these values

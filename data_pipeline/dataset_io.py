@@ -166,11 +166,7 @@ def write_preview(data_dir: Path, n: int = 6, split: str | None = None, tile: in
     return out
 
 
-def first_rows(data_dir: Path, split: str, n: int) -> list[dict]:
-    return pads.dataset(str(split_dir(data_dir, split)), format="parquet").head(n).to_pylist()
-
-
 __all__ = [
     "MANIFEST", "PAIR_SCHEMA", "DatasetError", "prepare_out_dir", "check_dataset", "read_columns",
-    "split_counts", "write_prompts_jsonl", "write_manifest", "write_preview", "decode_image", "first_rows",
+    "split_counts", "write_prompts_jsonl", "write_manifest", "write_preview", "decode_image",
 ]

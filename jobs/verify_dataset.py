@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_bound_data_context()
         all_rows = []
         for s in splits:
-            ds = ray.data.read_parquet(str(split_dir(Path(args.data), s))).select_columns(["chosen_image", "rejected_image", "relations"])
+            ds = ray.data.read_parquet(str(split_dir(Path(args.data), s))).select_columns(
+                ["chosen_image", "rejected_image", "relations"])
             rows = ds.map_batches(verify_batch, batch_size=64, num_cpus=1).take_all()
             report["splits"][s] = summarise(rows)
             all_rows += rows
