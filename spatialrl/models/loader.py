@@ -96,6 +96,10 @@ class RepoDir:
 # A RepoDir that does not exist raises ModelNotFoundError naming the folder.
 PRESETS: dict[str, dict[str, Fixture | Hub | RepoDir]] = {
     "tiny": {"qwen": Fixture("tiny-qwen2_5_vl"), "flux": Fixture("tiny-flux")},
+    # pretrained on the spatial world and shipped in the repository (jobs.pretrain_backbone,
+    # jobs.pretrain_generator): the stand-ins for downloaded Qwen2.5-VL-7B and FLUX.1-dev.
+    "tiny-pretrained": {"qwen": RepoDir("assets/tiny-pretrained/qwen2_5_vl"),
+                        "flux": RepoDir("assets/tiny-pretrained/flux")},
     "full": {"qwen": Hub("Qwen/Qwen2.5-VL-7B-Instruct"), "flux": Hub("black-forest-labs/FLUX.1-dev")},
 }
 
