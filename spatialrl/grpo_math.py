@@ -1,0 +1,156 @@
+"""GRPO math for Flux: group advantages, Top-k filtering, the per-timestep clipped policy loss, the KL term.
+
+Pure functions on tensors; they import torch alone (STYLE.md 2), so the driver, the learner and the tests share
+them. The formulas are DESIGN.md section 3:
+
+- advantages  A_k = clip((r_k - mean_group) / (std + 1e-4), -5, 5), std over the group or the whole batch
+  (`global_std`, Flow-GRPO's Flux default);
+- Top-k filtering (the paper, k = 6): per prompt group keep the k highest and k lowest rewards and normalise
+  over the kept set; `normalize="group"` normalises over the full group first, then keeps. Groups whose rewards
+  are all equal are dropped (they carry no signal). Ties are broken in a seeded random order.
+- policy loss per trained timestep: mean over samples of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)),
+  ratio = exp(logp_new - logp_old) of per-element-mean log-probs (hence eps ~ 1e-4);
+- KL to the reference (the transformer with LoRA disabled): mean (mu - mu_ref)^2 / (2 sigma_t^2), Flow-GRPO's
+  form (sigma_t, not the step std).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ADV_EPS = 1e-4
+ADV_CLIP = 5.0
+
+
+def _groups(group_index: torch.Tensor) -> list[torch.Tensor]:
+    """Indices of each group, in order of first appearance."""
+    groups = []
+    for g in torch.unique(group_index, sorted=True):
+        groups.append(torch.nonzero(group_index == g, as_tuple=False).flatten())
+    return groups
+
+
+def _population_std(x: torch.Tensor) -> torch.Tensor:
+    return x.std(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    global_std: bool = False,
+    eps: float = ADV_EPS,
+    clip: float = ADV_CLIP,
+) -> torch.Tensor:
+    """Advantages `[N]`: reward minus its group mean, over the group's std (or the batch's), clipped.
+
+    rewards: `[N]` float; group_index: `[N]` int, which prompt group each sample belongs to.
+    Population std (as numpy's and Flow-GRPO's stat tracker compute it).
+    """
+    rewards = rewards.double()
+    adv = torch.zeros_like(rewards)  # [N]
+    batch_std = _population_std(rewards)
+    for idx in _groups(group_index):
+        r = rewards[idx]
+        std = batch_std if global_std else _population_std(r)
+        adv[idx] = (r - r.mean()) / (std + eps)
+    return adv.clamp(-clip, clip).float()
+
+
+@dataclass
+class TopKResult:
+    keep: torch.Tensor  # [N] bool: samples that are trained on
+    advantages: torch.Tensor  # [N] float32: 0 where not kept
+    kept_groups: int
+    dropped_groups: int  # groups whose rewards were all equal
+
+    @property
+    def kept_samples(self) -> int:
+        return int(self.keep.sum())
+
+
+def topk_filter(
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    k: int,
+    *,
+    normalize: str = "kept",
+    global_std: bool = False,
+    seed: int = 0,
+    eps: float = ADV_EPS,
+    clip: float = ADV_CLIP,
+) -> TopKResult:
+    """Keep the k best and k worst samples of every group and give them advantages.
+
+    k = 0 (or 2k >= group size) keeps every sample: plain GRPO. normalize="kept" (default, the paper's figure:
+    select, then normalise over the kept set) or "group" (normalise over the full group, then select).
+    With global_std the std is taken over every kept reward ("kept") or every reward ("group") of the batch.
+    """
+    if normalize not in ("kept", "group"):
+        raise ValueError(f"normalize={normalize!r}: use 'kept' or 'group'")
+    if k < 0:
+        raise ValueError(f"k={k} must be >= 0 (0 = keep every sample)")
+    rewards = rewards.double()
+    n = rewards.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    tiebreak = torch.rand(n, generator=gen, dtype=torch.float64)  # [N]
+    keep = torch.zeros(n, dtype=torch.bool)
+    dropped = 0
+    for idx in _groups(group_index):
+        r = rewards[idx]
+        if bool((r == r[0]).all()):
+            dropped += 1
+            continue
+        if k == 0 or 2 * k >= len(idx):
+            keep[idx] = True
+            continue
+        # sort by reward, ties in a seeded random order: a stable sort of the tiebreak order by reward
+        order = torch.argsort(tiebreak[idx])
+        order = order[torch.argsort(r[order], stable=True)]
+        keep[idx[order[:k]]] = True
+        keep[idx[order[-k:]]] = True
+    adv = torch.zeros(n, dtype=torch.float64)
+    if normalize == "group":
+        full = group_advantages(rewards, group_index, global_std=global_std, eps=eps, clip=clip).double()
+        adv[keep] = full[keep]
+    elif keep.any():
+        kept_idx = torch.nonzero(keep, as_tuple=False).flatten()
+        sub = group_advantages(
+            rewards[kept_idx], group_index[kept_idx], global_std=global_std, eps=eps, clip=clip
+        ).double()
+        adv[kept_idx] = sub
+    n_groups = len(torch.unique(group_index))
+    return TopKResult(keep=keep, advantages=adv.float(), kept_groups=n_groups - dropped, dropped_groups=dropped)
+
+
+def clipped_policy_loss(
+    logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Flow-GRPO's per-timestep PPO-clip loss: mean_k max(-A r, -A clip(r, 1 - eps, 1 + eps)).
+
+    logp_new: `[B]` (with grad), logp_old: `[B]`, advantages: `[B]`. Returns the loss and detached stats:
+    ratio `[B]` and clipped `[B]` (1.0 where the clipped branch was taken, i.e. its gradient is zero).
+    """
+    ratio = torch.exp(logp_new - logp_old.detach())  # [B]
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    stats = {"ratio": ratio.detach(), "clipped": (clipped > unclipped).float().detach()}
+    return loss, stats
+
+
+def sde_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma_t: torch.Tensor | float) -> torch.Tensor:
+    """KL term per sample `[B]`: mean over non-batch elements of (mu - mu_ref)^2 / (2 sigma_t^2)."""
+    diff2 = (mean.float() - mean_ref.float()) ** 2  # [B, ...]
+    sigma_t = torch.as_tensor(sigma_t, dtype=torch.float32, device=mean.device)
+    return diff2.mean(dim=tuple(range(1, mean.ndim))) / (2 * sigma_t.reshape(-1) ** 2)
+
+
+def trained_steps(num_steps: int, fraction: float) -> list[int]:
+    """The timesteps trained, in order: the first int(num_steps * fraction) (default fraction: all but the last)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"timestep_fraction={fraction}: use a value in (0, 1]")
+    n = max(1, int(num_steps * fraction))
+    return list(range(min(n, num_steps)))

@@ -1,0 +1,138 @@
+"""GRPO math, with expected values worked out by hand (unit tier: torch only)."""
+
+import math
+import sys
+
+import pytest
+import torch
+
+from spatialrl.grpo_math import clipped_policy_loss, group_advantages, sde_kl, topk_filter, trained_steps
+
+
+def test_imports_torch_only():
+    import spatialrl.grpo_math  # noqa: F401
+
+    assert not {"ray", "deepspeed", "diffusers"} & {m.split(".")[0] for m in vars(spatialrl.grpo_math)}
+    assert "spatialrl.grpo_math" in sys.modules
+
+
+def test_group_advantages_by_hand():
+    # group 0: rewards 1, 3 -> mean 2, population std 1 -> (-1, 1) / (1 + 1e-4)
+    # group 1: rewards 0, 0, 6 -> mean 2, std sqrt((4 + 4 + 16) / 3) = sqrt(8)
+    r = torch.tensor([1.0, 3.0, 0.0, 0.0, 6.0])
+    g = torch.tensor([0, 0, 1, 1, 1])
+    a = group_advantages(r, g)
+    s8 = math.sqrt(8)
+    want = torch.tensor([-1 / 1.0001, 1 / 1.0001, -2 / (s8 + 1e-4), -2 / (s8 + 1e-4), 4 / (s8 + 1e-4)])
+    assert torch.allclose(a, want, atol=1e-6)
+
+
+def test_group_advantages_global_std_and_clip():
+    r = torch.tensor([1.0, 3.0, 0.0, 0.0, 6.0])
+    g = torch.tensor([0, 0, 1, 1, 1])
+    # batch: mean 2, population std sqrt((1 + 1 + 4 + 4 + 16) / 5) = sqrt(5.2)
+    a = group_advantages(r, g, global_std=True)
+    s = math.sqrt(5.2) + 1e-4
+    assert torch.allclose(a, torch.tensor([-1 / s, 1 / s, -2 / s, -2 / s, 4 / s]), atol=1e-6)
+    # one 1 among 99 zeros: mean 0.01, std sqrt(0.0099) ~ 0.0995 -> 0.99 / 0.0995 ~ 9.95, clipped to 5;
+    # the zeros get -0.01 / 0.0995 ~ -0.1005
+    r = torch.zeros(100)
+    r[7] = 1.0
+    a = group_advantages(r, torch.zeros(100, dtype=torch.long))
+    assert a[7] == 5.0
+    assert torch.allclose(a[0], torch.tensor(-0.01 / (math.sqrt(0.0099) + 1e-4)), atol=1e-6)
+
+
+def test_topk_keeps_k_best_and_k_worst_and_normalises_over_kept():
+    # one group of 6, k = 2: keep rewards 0, 1 (worst) and 8, 9 (best); drop 4, 5
+    r = torch.tensor([4.0, 9.0, 0.0, 5.0, 1.0, 8.0])
+    g = torch.zeros(6, dtype=torch.long)
+    res = topk_filter(r, g, k=2)
+    assert res.keep.tolist() == [False, True, True, False, True, True]
+    # kept: 9, 0, 1, 8 -> mean 4.5, std sqrt((20.25 + 20.25 + 12.25 + 12.25) / 4) = sqrt(16.25)
+    s = math.sqrt(16.25) + 1e-4
+    want = torch.tensor([0.0, 4.5 / s, -4.5 / s, 0.0, -3.5 / s, 3.5 / s])
+    assert torch.allclose(res.advantages, want, atol=1e-6)
+    assert (res.kept_samples, res.kept_groups, res.dropped_groups) == (4, 1, 0)
+
+
+def test_topk_normalize_over_group_then_keep():
+    r = torch.tensor([4.0, 9.0, 0.0, 5.0, 1.0, 8.0])
+    g = torch.zeros(6, dtype=torch.long)
+    res = topk_filter(r, g, k=2, normalize="group")
+    # full group: mean 4.5, std sqrt((0.25 + 20.25 + 20.25 + 0.25 + 12.25 + 12.25) / 6) = sqrt(65.5 / 6)
+    s = math.sqrt(65.5 / 6) + 1e-4
+    want = torch.tensor([0.0, 4.5 / s, -4.5 / s, 0.0, -3.5 / s, 3.5 / s])
+    assert torch.allclose(res.advantages, want, atol=1e-6)
+
+
+def test_topk_drops_constant_groups_and_keeps_all_when_off():
+    r = torch.tensor([2.0, 2.0, 2.0, 1.0, 3.0, 2.0])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    res = topk_filter(r, g, k=0)
+    assert res.keep.tolist() == [False, False, False, True, True, True]
+    assert (res.kept_groups, res.dropped_groups) == (1, 1)
+    assert torch.allclose(res.advantages[3:], group_advantages(r[3:], g[3:]))
+    # 2k >= G also keeps the whole group
+    assert topk_filter(r, g, k=3).keep.tolist() == res.keep.tolist()
+    nothing = topk_filter(torch.ones(4), torch.zeros(4, dtype=torch.long), k=1)
+    assert nothing.kept_samples == 0 and nothing.advantages.abs().sum() == 0
+
+
+def test_topk_breaks_ties_by_seeded_random_order():
+    # five tied 1.0s: which one is kept as a "best" depends only on the seed
+    r = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    g = torch.zeros(6, dtype=torch.long)
+    picks = {tuple(topk_filter(r, g, k=1, seed=s).keep.tolist()) for s in range(20)}
+    assert len(picks) > 1
+    assert all(p[0] for p in picks) and all(sum(p) == 2 for p in picks)
+    assert topk_filter(r, g, k=1, seed=3).keep.tolist() == topk_filter(r, g, k=1, seed=3).keep.tolist()
+
+
+def test_topk_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="normalize"):
+        topk_filter(torch.ones(2), torch.zeros(2, dtype=torch.long), k=1, normalize="batch")
+    with pytest.raises(ValueError, match="k=-1"):
+        topk_filter(torch.ones(2), torch.zeros(2, dtype=torch.long), k=-1)
+
+
+def test_clipped_loss_by_hand():
+    eps = 0.1
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    # ratios e^0.2 ~ 1.2214 (above 1 + eps), 1, e^-0.2 ~ 0.8187 (below 1 - eps), e^0.05 ~ 1.0513
+    logp_old = torch.zeros(4)
+    logp_new = torch.tensor([0.2, 0.0, -0.2, 0.05], requires_grad=True)
+    loss, stats = clipped_policy_loss(logp_new, logp_old, adv, eps)
+    r = torch.exp(logp_new.detach())
+    # sample 0: A>0, r>1+eps: max(-1.2214, -1.1) = -1.1 (clipped); 1: -1; 2: A<0, r<1-eps: max(0.8187, 0.9) = 0.9
+    # (clipped); 3: A<0, r within: max(1.0513, 1.0513) = 1.0513
+    want = (-1.1 - 1.0 + 0.9 + float(r[3])) / 4
+    assert abs(loss.item() - want) < 1e-6
+    assert stats["clipped"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    loss.backward()
+    # clipped samples get no gradient; the others get -A * r / 4
+    assert torch.allclose(logp_new.grad, torch.tensor([0.0, -0.25, 0.0, float(r[3]) / 4]), atol=1e-6)
+
+
+def test_clipped_loss_on_policy_ratio_is_one():
+    lp = torch.randn(8)
+    loss, stats = clipped_policy_loss(lp.clone().requires_grad_(), lp, torch.randn(8), 1e-4)
+    assert torch.equal(stats["ratio"], torch.ones(8))
+
+
+def test_sde_kl_by_hand():
+    mean = torch.zeros(2, 3, 4)
+    ref = torch.zeros(2, 3, 4)
+    ref[0] = 1.0  # sample 0: every element differs by 1 -> 1 / (2 * 0.5^2) = 2
+    ref[1, 0, 0] = 2.0  # sample 1: one of 12 elements differs by 2 -> (4 / 12) / 0.5 = 2/3
+    kl = sde_kl(mean, ref, 0.5)
+    assert torch.allclose(kl, torch.tensor([2.0, 2.0 / 3]))
+
+
+def test_trained_steps():
+    assert trained_steps(6, 0.99) == [0, 1, 2, 3, 4]
+    assert trained_steps(6, 1.0) == [0, 1, 2, 3, 4, 5]
+    assert trained_steps(1, 0.99) == [0]
+    assert trained_steps(10, 0.5) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        trained_steps(6, 0.0)
