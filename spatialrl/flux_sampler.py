@@ -369,7 +369,7 @@ class FluxSampler:
         transformer; later calls only copy weights. Every adapter key must be given: a partial update would
         silently mix two policy versions. Returns the new policy version.
         """
-        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft.utils import set_peft_model_state_dict
 
         ranks = {int(t.shape[0]) for k, t in state_dict.items() if ".lora_A." in k}
         if ranks and ranks != {self.cfg.lora_rank}:
@@ -380,9 +380,7 @@ class FluxSampler:
         if self._adapter == "loaded":
             self._unload()
         if self._adapter is None:
-            self.transformer.add_adapter(flux_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha), ADAPTER)
-            self._lora_keys = set(get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER))
-            self._adapter = "set"
+            self.init_lora()
         given = set(state_dict)
         if given != self._lora_keys:
             missing, extra = sorted(self._lora_keys - given), sorted(given - self._lora_keys)
@@ -393,6 +391,30 @@ class FluxSampler:
         set_peft_model_state_dict(self.transformer, state_dict, adapter_name=ADAPTER)
         self.policy_version = int(version)
         return self.policy_version
+
+    def init_lora(self, seed: int | None = None) -> None:
+        """Add the peft adapter `flux_lora_config(cfg.lora_rank, cfg.lora_alpha)` (Gaussian A drawn from `seed`
+        when given, zero B: the outputs do not change). The GRPO learner trains it; set_lora fills it."""
+        from peft.utils import get_peft_model_state_dict
+
+        if self._adapter is not None:
+            raise RuntimeError("this sampler already has a LoRA adapter; use set_lora to change its weights")
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        self.transformer.add_adapter(flux_lora_config(self.cfg.lora_rank, self.cfg.lora_alpha), ADAPTER)
+        self._lora_keys = set(get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER))
+        self._adapter = "set"
+
+    def rollout(
+        self, prompts: list[str], *, prompt_ids: list, seed: int, lora_state: dict[str, torch.Tensor], version: int
+    ) -> tuple[np.ndarray, Trajectory]:
+        """GRPO's sampling call: make sure the policy is `version` (a restarted actor has lost its LoRA), sample,
+        and return (images, trajectory without images) so the two can go to different actors."""
+        if self._adapter != "set" or self.policy_version != int(version):
+            self.set_lora(lora_state, version)
+        traj = self.sample(prompts, prompt_ids=prompt_ids, seed=seed)
+        images, traj.images = traj.images, None
+        return images, traj
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The current adapter's weights (CPU copies, peft keys); empty without an adapter."""
