@@ -1,0 +1,320 @@
+"""GRPOLearner: one rank of the GRPO learner, a DeepSpeed engine over the Flux transformer's LoRA.
+
+A plain class (STYLE.md 3); `actors/learner_actor.py` makes N of them one torch process group. Each rank
+holds the same FluxSampler code path the samplers use (same `_velocity`, same `sde_step`, same micro-batch
+size as the sampling batch), so on-policy the recomputed log-probs equal the stored ones bit for bit and the
+importance ratio is exactly 1 (DESIGN.md section 3).
+
+One `train_step`:
+  1. the kept samples (Top-k) of every trajectory are cut into micro-batches of the trajectory's sampling batch
+     size; micro-batches are dealt round-robin to the ranks;
+  2. for each micro-batch and each trained timestep: recompute log pi_theta(x_{j+1} | x_j) with grad, the
+     clipped loss (spatialrl.grpo_math), optionally the KL to the reference (LoRA disabled), one backward;
+  3. `updates_per_step` optimizer steps per call (1 = Flow-GRPO's on-policy setting). DeepSpeed runs with
+     `managed_gradient_accumulation=False`: backward only accumulates, `step()` reduces over ranks (ZeRO-2
+     partitions gradients and optimizer state) and applies AdamW with gradient clipping.
+Weights leave as a peft state dict of the LoRA (`lora_state`), tagged with a version by the caller.
+
+    learner = GRPOLearner(FluxSamplerConfig(model="tiny"), GRPOLearnerConfig())
+    stats = learner.train_step([traj], [TrainSelection(indices, advantages)])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spatialrl.config import ConfigError
+from spatialrl.flux_math import latent_image_ids, sde_std, sde_step
+from spatialrl.flux_sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
+from spatialrl.grpo_math import clipped_policy_loss, sde_kl, trained_steps
+
+
+@dataclass
+class GRPOLearnerConfig:
+    """Optimisation settings of the GRPO learner (Flow-GRPO's Flux recipe by default)."""
+
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    clip_range: float = 1e-4  # eps of the ratio clip; tiny because log-probs are per-element means
+    kl_beta: float = 0.0  # weight of the KL to the reference (LoRA disabled); Flow-GRPO Flux uses 0
+    max_grad_norm: float = 1.0
+    timestep_fraction: float = 0.99  # train the first int(T * fraction) steps: all but the last by default
+    zero_stage: int = 2
+    updates_per_step: int = 1  # optimizer steps per GRPO step; >1 makes later updates off-policy (clipped)
+    ema_decay: float = 0.0  # 0 = off; else an EMA of the LoRA, exported instead of the raw weights
+    seed: int = 0  # the LoRA's initial A (B starts at zero)
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"learner.lr={self.lr}: must be > 0 (Flow-GRPO Flux: 3e-4 with LoRA)")
+        if not 0 < self.clip_range < 1:
+            raise ConfigError(f"learner.clip_range={self.clip_range}: use a small positive value like 1e-4")
+        if self.kl_beta < 0 or self.max_grad_norm <= 0:
+            raise ConfigError("learner.kl_beta must be >= 0 and learner.max_grad_norm > 0")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ConfigError(f"learner.timestep_fraction={self.timestep_fraction}: use a value in (0, 1]")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"learner.zero_stage={self.zero_stage}: DeepSpeed ZeRO stage 0-3 (2 recommended)")
+        if self.updates_per_step < 1:
+            raise ConfigError(f"learner.updates_per_step={self.updates_per_step}: need at least 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"learner.ema_decay={self.ema_decay}: 0 (off) or a value in (0, 1)")
+
+
+@dataclass
+class TrainSelection:
+    """Which samples of one trajectory to train on, and their advantages."""
+
+    indices: np.ndarray  # [K] int: image indices into the trajectory
+    advantages: np.ndarray  # [K] float32
+
+
+def deepspeed_config(cfg: GRPOLearnerConfig, micro_batch: int, world_size: int, bf16: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch * world_size,
+        # the number of (micro-batch, timestep) backward passes varies with Top-k: the caller owns the boundary
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer (CPU and GPU)
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
+    """Join the learner group (rank 0's address and port) the way DeepSpeed expects: env vars + tcp init."""
+    import deepspeed
+
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    deepspeed.init_distributed(
+        dist_backend=backend, auto_mpi_discovery=False, init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank, world_size=world_size,
+    )
+
+
+class GRPOLearner:
+    """One learner rank: the policy (Flux + trainable LoRA) inside a DeepSpeed engine."""
+
+    def __init__(
+        self,
+        sampler_cfg: FluxSamplerConfig,
+        cfg: GRPOLearnerConfig | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str = "127.0.0.1",
+        master_port: int | None = None,
+    ):
+        import deepspeed
+        import torch.distributed as dist
+
+        self.cfg = cfg or GRPOLearnerConfig()
+        self.cfg.validate()
+        self.rank, self.world_size = rank, world_size
+        self.policy = FluxSampler(sampler_cfg)
+        self.policy.init_lora(seed=self.cfg.seed)
+        self.transformer = self.policy.transformer
+        params = [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+        for p in params:
+            p.requires_grad_(True)
+        self.transformer.train()
+        if not dist.is_initialized():
+            port = master_port or _free_port()
+            backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
+            init_process_group(rank, world_size, master_addr, port, backend)
+        bf16 = self.policy.dtype == torch.bfloat16
+        optimizer = torch.optim.AdamW(
+            params, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2), weight_decay=self.cfg.weight_decay
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.transformer, optimizer=optimizer,
+            config=deepspeed_config(self.cfg, sampler_cfg.batch_size, world_size, bf16),
+        )
+        self.ema = {n: p.detach().float().clone() for n, p in self._lora_params()} if self.cfg.ema_decay else None
+        self.updates = 0
+
+    def _lora_params(self):
+        return [(n, p) for n, p in self.transformer.named_parameters() if "lora_" in n]
+
+    # ------------------------------------------------------------------------------------------- weights
+
+    def lora_state(self, ema: bool | None = None) -> dict[str, torch.Tensor]:
+        """The LoRA as a peft state dict on CPU (the keys FluxSampler.set_lora takes); the EMA when enabled."""
+        from peft.utils import get_peft_model_state_dict
+
+        use_ema = self.ema is not None if ema is None else ema
+        if use_ema and self.ema is None:
+            raise ValueError("this learner keeps no EMA (learner.ema_decay = 0)")
+        with torch.no_grad():
+            if use_ema:
+                saved = {n: p.detach().clone() for n, p in self._lora_params()}
+                for n, p in self._lora_params():
+                    p.copy_(self.ema[n].to(p.dtype))
+            state = get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER)
+            state = {k: v.detach().cpu().clone() for k, v in state.items()}
+            if use_ema:
+                for n, p in self._lora_params():
+                    p.copy_(saved[n])
+        return state
+
+    def save_checkpoint(self, path: str, tag: str = "latest") -> None:
+        """DeepSpeed state of this rank (collective: every rank calls it) plus the EMA on rank 0."""
+        self.engine.save_checkpoint(path, tag=tag, client_state={"updates": self.updates})
+        if self.ema is not None and self.rank == 0:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.ema.items()}, os.path.join(path, tag, "ema.safetensors"))
+
+    def load_checkpoint(self, path: str, tag: str = "latest") -> None:
+        _, client = self.engine.load_checkpoint(path, tag=tag)
+        if client is None:
+            raise FileNotFoundError(f"no learner checkpoint {tag!r} under {path}")
+        self.updates = int(client.get("updates", 0))
+        if self.ema is not None:
+            from safetensors.torch import load_file
+
+            self.ema = load_file(os.path.join(path, tag, "ema.safetensors"))
+
+    def save_lora(self, out_dir: str) -> str:
+        """The LoRA in diffusers format (`FluxPipeline.load_lora_weights(out_dir)` loads it); rank 0 only."""
+        from diffusers import FluxPipeline
+
+        sc = self.policy.cfg
+        FluxPipeline.save_lora_weights(
+            out_dir, transformer_lora_layers=self.lora_state(),
+            transformer_lora_adapter_metadata=flux_lora_config(sc.lora_rank, sc.lora_alpha).to_dict(),
+        )
+        return out_dir
+
+    # -------------------------------------------------------------------------------------------- training
+
+    def _micro_batches(self, trajectories: list[Trajectory], selections: list[TrainSelection]):
+        """This rank's micro-batches: (trajectory index, image indices, advantages), sampling batch size each."""
+        batches = []
+        for t, (traj, sel) in enumerate(zip(trajectories, selections)):
+            order = np.argsort(sel.indices, kind="stable")
+            idx, adv = np.asarray(sel.indices)[order], np.asarray(sel.advantages, dtype=np.float32)[order]
+            for start in range(0, len(idx), traj.batch_size):
+                batches.append((t, idx[start:start + traj.batch_size], adv[start:start + traj.batch_size]))
+        return batches[self.rank::self.world_size], len(batches)
+
+    def train_step(self, trajectories: list[Trajectory], selections: list[TrainSelection]) -> dict[str, float]:
+        """One GRPO update on the selected samples; returns metrics reduced over all ranks."""
+        import torch.distributed as dist
+
+        if len(trajectories) != len(selections):
+            raise ValueError(f"{len(trajectories)} trajectories but {len(selections)} selections")
+        for traj in trajectories:
+            if traj.noise_level <= 0:
+                raise ValueError("GRPO needs SDE trajectories (noise_level > 0); got an ODE trajectory")
+        mine, n_batches = self._micro_batches(trajectories, selections)
+        n_samples = sum(len(s.indices) for s in selections)
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, ratio, clipped, kl (sums over samples), count
+        ratio_max = torch.zeros(1, dtype=torch.float64)
+        cache: dict[int, tuple] = {}
+        chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step)
+        grad_norms = []
+        for chunk in chunks:
+            did_backward = False
+            for i in chunk:
+                t, idx, adv = mine[i]
+                traj = trajectories[t]
+                if t not in cache:
+                    cache[t] = self._conditioning(traj)
+                steps = trained_steps(traj.num_steps, self.cfg.timestep_fraction)
+                # every (micro-batch, step) term weighs len/N of the step's mean; ranks' grads are averaged
+                weight = len(idx) / max(1, n_samples) / len(steps) * self.world_size
+                for j in steps:
+                    loss, stats = self._loss(traj, cache[t], idx, adv, j)
+                    self.engine.backward(loss * weight)
+                    did_backward = True
+                    ratio = stats["ratio"].double()
+                    sums += torch.tensor([loss.item() * len(idx), ratio.sum().item(), stats["clipped"].sum().item(),
+                                          stats["kl"].sum().item(), len(idx)], dtype=torch.float64)
+                    ratio_max = torch.maximum(ratio_max, (ratio - 1).abs().max().reshape(1))
+            if not did_backward:  # a rank without work still joins the collective step
+                self.engine.backward(sum(p.sum() for _, p in self._lora_params()) * 0.0)
+            self.engine.step()
+            self.updates += 1
+            grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
+            self._update_ema()
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
+        count = max(1.0, float(sums[4]))
+        return {
+            "loss/policy": float(sums[0] / count),
+            "policy/ratio_mean": float(sums[1] / count),
+            "policy/ratio_max_dev": float(ratio_max[0]),
+            "policy/clip_fraction": float(sums[2] / count),
+            "policy/kl": float(sums[3] / count),
+            "policy/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "learner/micro_batches": float(n_batches),
+            "learner/updates": float(self.updates),
+        }
+
+    def _conditioning(self, traj: Trajectory):
+        embeds, pooled, text_ids = self.policy.encode(traj.prompts)  # [P, L, D], [P, Dp], [L, 3]
+        h, w = self.policy.latent_size(traj.resolution)
+        img_ids = latent_image_ids(h // 2, w // 2, device=self.policy.device, dtype=embeds.dtype)
+        return embeds, pooled, text_ids, img_ids
+
+    def _loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, j: int):
+        embeds, pooled, text_ids, img_ids = cond
+        dev = self.policy.device
+        rows = torch.as_tensor(traj.group_index[idx], device=dev)
+        x = traj.latents[idx, j].to(dev)  # [B, S, 64]
+        x_next = traj.latents[idx, j + 1].to(dev)
+        sigma, sigma_next = traj.sigmas[j].to(dev), traj.sigmas[j + 1].to(dev)
+        t = traj.timesteps[j].to(dev)
+        v = self.policy._velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
+        _, logp, mean, _ = sde_step(x, v, sigma, sigma_next, traj.noise_level, prev_sample=x_next)  # [B]
+        advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
+        logp_old = traj.log_probs[idx, j].to(dev)
+        loss, stats = clipped_policy_loss(logp, logp_old, advantages, self.cfg.clip_range)
+        kl = torch.zeros(len(idx), device=dev)
+        if self.cfg.kl_beta > 0:
+            with torch.no_grad():
+                self.transformer.disable_adapters()
+                try:
+                    v_ref = self.policy._velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
+                finally:
+                    self.transformer.enable_adapters()
+                _, _, mean_ref, _ = sde_step(x, v_ref, sigma, sigma_next, traj.noise_level, prev_sample=x_next)
+            kl = sde_kl(mean, mean_ref, sde_std(sigma.float(), sigma_next.float(), traj.noise_level))
+            loss = loss + self.cfg.kl_beta * kl.mean()
+        stats["kl"] = kl.detach()
+        return loss, stats
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        # Flow-GRPO's warm-up: decay min((1 + s) / (10 + s), ema_decay)
+        decay = min((1 + self.updates) / (10 + self.updates), self.cfg.ema_decay)
+        with torch.no_grad():
+            for n, p in self._lora_params():
+                self.ema[n].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lora_num_params(state: dict[str, torch.Tensor]) -> int:
+    return int(sum(math.prod(v.shape) for v in state.values()))
