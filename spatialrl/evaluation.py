@@ -1,0 +1,76 @@
+"""Prompt files, verifier summaries and image grids: what every job that generates images shares.
+
+`read_prompts` reads the `prompts_*.jsonl` of jobs.build_dataset (prompt + structured `objects` / `relations`),
+a text file with one prompt per line, or a single prompt; `verify_images` runs the pixel-only verifier of
+`data_pipeline.verifier` over generated images (object presence, relation accuracy); `image_grid` tiles them.
+Used by jobs.sample, jobs.grpo (reward workers and grids) and jobs.demo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def read_prompts(arg: str, limit: int | None = None) -> list[dict]:
+    """A .jsonl file (objects with `prompt`, optional `objects`/`relations`), a text file (a prompt per line),
+    or the prompt itself."""
+    path = Path(arg)
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(lines, 1):
+                row = json.loads(line)
+                if not isinstance(row, dict) or not str(row.get("prompt") or "").strip():
+                    raise ValueError(f"{path}:{n}: each line must be a JSON object with a non-empty 'prompt'")
+                rows.append(row)
+        else:
+            rows = [{"prompt": ln.strip()} for ln in lines]
+    else:
+        rows = [{"prompt": arg}]
+    if not rows:
+        raise ValueError(f"no prompts in {arg}: give a .jsonl with a prompt per line, a text file or a prompt")
+    return rows[:limit] if limit else rows
+
+
+def verify_images(rows: list[dict], images: np.ndarray, k: int) -> tuple[dict | None, list[dict]]:
+    """Verifier verdicts per image, and the totals; (None, []) when no prompt carries structure."""
+    if not any(r.get("objects") and r.get("relations") is not None for r in rows):
+        return None, []
+    from data_pipeline.verifier import margins_for, verify
+
+    margins = margins_for(images.shape[1])
+    present = holds = n_obj = n_rel = 0
+    per_image = []
+    for i, img in enumerate(images):
+        row = rows[i // k]
+        if not row.get("objects"):
+            per_image.append({})
+            continue
+        res = verify(img, row["objects"], row.get("relations") or [], margins)
+        present, holds = present + sum(res.objects_present), holds + sum(res.relations_hold)
+        n_obj, n_rel = n_obj + len(res.objects_present), n_rel + len(res.relations_hold)
+        per_image.append({"objects_present": res.objects_present, "relations_hold": res.relations_hold})
+    summary = {
+        "object_presence": present / max(n_obj, 1),
+        "relation_accuracy": holds / max(n_rel, 1),
+        "num_images": int(len(images)),
+        "num_objects": n_obj,
+        "num_relations": n_rel,
+    }
+    return summary, per_image
+
+
+def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
+    """[rows * cols, H, W, 3] uint8 -> one image, row r = images r*cols .. r*cols + cols - 1."""
+    cols = len(images) // rows
+    h, w = images.shape[1:3]
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
+    return Image.fromarray(grid)
