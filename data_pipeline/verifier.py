@@ -114,6 +114,8 @@ def read_objects(image: np.ndarray, objects: list[dict]) -> Measurements:
         if m.area[i] < min_area:
             m.area[i] = 0
             m.masks[i] = None
+    # a speck is not an object: it touches nothing either (generated images have stray pixels)
+    m.touching = {pair for pair in m.touching if m.masks[pair[0]] is not None and m.masks[pair[1]] is not None}
     return m
 
 

@@ -144,3 +144,19 @@ def test_shape_classifier_on_clean_shapes():
             im = Image.new("L", (64, 64), 0)
             draw_shape(ImageDraw.Draw(im), shape, 32, 32, side, 1)
             assert classify_shape(np.asarray(im) > 0)[0] == shape, (shape, side)
+
+
+def test_verifier_ignores_a_speck_touching_an_object():
+    """A generated image can hold a few stray pixels of a named colour next to another object: the speck is
+    absent (not an object), and the object it touches is still classified (regression: crashed on None mask)."""
+    from data_pipeline.verifier import margins_for, verify
+    from data_pipeline.world import PALETTE
+
+    img = np.zeros((64, 64, 3), dtype=np.uint8)
+    red, blue = PALETTE["red"], PALETTE["blue"]
+    img[20:40, 20:40] = red  # a red square
+    img[30, 40] = blue  # one blue pixel touching it
+    objects = [{"colour": "red", "shape": "square", "size": "large"}, {"colour": "blue", "shape": "circle", "size": "large"}]
+    res = verify(img, objects, [{"subject": 0, "type": "left_of", "object": 1}], margins_for(64))
+    assert res.objects_present == [True, False]
+    assert res.relations_hold == [False]
