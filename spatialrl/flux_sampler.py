@@ -28,6 +28,7 @@ defaults to diffusers' 512 (Flow-GRPO uses 128), since spatial prompts run to 12
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -146,6 +147,9 @@ class FluxSampler:
         self.dtype = DTYPES[self.cfg.dtype]
         self.pipe = load_flux_pipeline(self.cfg.model, dtype=self.dtype).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        # Flux reads only CLIP's pooled output (first 77 tokens by design; T5 carries the whole prompt): the
+        # pipeline's truncation warning on every long prompt is noise, not news.
+        logging.getLogger("diffusers.pipelines.flux.pipeline_flux").setLevel(logging.ERROR)
         for module in (self.pipe.transformer, self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             module.requires_grad_(False).eval()
         self.transformer = self.pipe.transformer
@@ -406,13 +410,14 @@ class FluxSampler:
         self._adapter = "set"
 
     def rollout(
-        self, prompts: list[str], *, prompt_ids: list, seed: int, lora_state: dict[str, torch.Tensor], version: int
+        self, prompts: list[str], *, prompt_ids: list, seed: int, lora_state: dict[str, torch.Tensor], version: int,
+        noise_level: float | None = None, group_size: int | None = None,
     ) -> tuple[np.ndarray, Trajectory]:
         """GRPO's sampling call: make sure the policy is `version` (a restarted actor has lost its LoRA), sample,
         and return (images, trajectory without images) so the two can go to different actors."""
         if self._adapter != "set" or self.policy_version != int(version):
             self.set_lora(lora_state, version)
-        traj = self.sample(prompts, prompt_ids=prompt_ids, seed=seed)
+        traj = self.sample(prompts, prompt_ids=prompt_ids, seed=seed, noise_level=noise_level, group_size=group_size)
         images, traj.images = traj.images, None
         return images, traj
 

@@ -169,7 +169,7 @@ class GRPOLearner:
                     p.copy_(saved[n])
         return state
 
-    def save_checkpoint(self, path: str, tag: str = "latest") -> None:
+    def save_checkpoint(self, path: str, tag: str = "state") -> None:
         """DeepSpeed state of this rank (collective: every rank calls it) plus the EMA on rank 0."""
         self.engine.save_checkpoint(path, tag=tag, client_state={"updates": self.updates})
         if self.ema is not None and self.rank == 0:
@@ -177,7 +177,7 @@ class GRPOLearner:
 
             save_file({k: v.contiguous() for k, v in self.ema.items()}, os.path.join(path, tag, "ema.safetensors"))
 
-    def load_checkpoint(self, path: str, tag: str = "latest") -> None:
+    def load_checkpoint(self, path: str, tag: str = "state") -> None:
         _, client = self.engine.load_checkpoint(path, tag=tag)
         if client is None:
             raise FileNotFoundError(f"no learner checkpoint {tag!r} under {path}")

@@ -1,0 +1,98 @@
+"""The GRPO learner group: N `GRPOLearner` ranks as plain Ray actors forming one torch process group.
+
+Not Ray Train: GRPO's loop lives in the driver (single controller), so the learner is a group of actors the
+driver calls. Rank 0 publishes its node address and a free port; every rank then builds its `GRPOLearner`,
+which joins the group (gloo on CPU, NCCL on GPU) and wraps the LoRA in DeepSpeed. Actors are named
+`spatialrl/learner-{rank}` and live in the `learner` role's placement group. A DeepSpeed group does not survive
+the loss of a rank, so learner actors are not restarted: the job stops with the error and `--resume` continues
+from the last checkpoint.
+
+    group = LearnerGroup(sampler_cfg, learner_cfg, res, pg)
+    stats = group.train_step(traj_refs, selections)
+    state_ref = group.lora_state_ref()   # the next policy version, in the object store once
+"""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.resources import RoleResources, actor_options
+from spatialrl.flux_sampler import FluxSamplerConfig
+from spatialrl.grpo_learner import GRPOLearner, GRPOLearnerConfig, TrainSelection
+
+
+def learner_actor_name(rank: int) -> str:
+    return f"spatialrl/learner-{rank}"
+
+
+@ray.remote
+class LearnerRank:
+    """A thin shell: the GRPOLearner is built in `setup`, once rank 0's address is known."""
+
+    def __init__(self):
+        self.learner: GRPOLearner | None = None
+
+    def address(self) -> tuple[str, int]:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, sampler_cfg, cfg, rank: int, world_size: int, addr: str, port: int) -> int:
+        self.learner = GRPOLearner(sampler_cfg, cfg, rank=rank, world_size=world_size, master_addr=addr,
+                                   master_port=port)
+        return sum(p.numel() for _, p in self.learner._lora_params())
+
+    def train_step(self, selections: list[TrainSelection], *trajectories) -> dict[str, float]:
+        return self.learner.train_step(list(trajectories), selections)
+
+    def lora_state(self) -> dict:
+        return self.learner.lora_state()
+
+    def save_checkpoint(self, path: str) -> None:
+        self.learner.save_checkpoint(path)
+
+    def load_checkpoint(self, path: str) -> int:
+        self.learner.load_checkpoint(path)
+        return self.learner.updates
+
+    def save_lora(self, out_dir: str) -> str:
+        return self.learner.save_lora(out_dir)
+
+
+class LearnerGroup:
+    """Driver-side handle on the learner ranks; every call goes to all ranks (the collectives need them)."""
+
+    def __init__(self, sampler_cfg: FluxSamplerConfig, cfg: GRPOLearnerConfig, res: RoleResources, pg,
+                 timeout_s: float = 600.0):
+        self.actors = [
+            LearnerRank.options(name=learner_actor_name(i), max_restarts=0, **actor_options(pg, i, res)).remote()
+            for i in range(res.count)
+        ]
+        addr, port = ray.get(self.actors[0].address.remote(), timeout=timeout_s)
+        counts = ray.get(
+            [a.setup.remote(sampler_cfg, cfg, i, res.count, addr, port) for i, a in enumerate(self.actors)],
+            timeout=timeout_s,
+        )
+        self.num_lora_params = int(counts[0])
+
+    def train_step(self, traj_refs: list, selections: list[TrainSelection]) -> dict[str, float]:
+        return ray.get([a.train_step.remote(selections, *traj_refs) for a in self.actors])[0]
+
+    def lora_state_ref(self):
+        return self.actors[0].lora_state.remote()
+
+    def save_checkpoint(self, path: str) -> None:
+        ray.get([a.save_checkpoint.remote(path) for a in self.actors])
+
+    def load_checkpoint(self, path: str) -> int:
+        return ray.get([a.load_checkpoint.remote(path) for a in self.actors])[0]
+
+    def save_lora(self, out_dir: str) -> str:
+        return ray.get(self.actors[0].save_lora.remote(out_dir))
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

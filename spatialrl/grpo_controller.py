@@ -1,0 +1,358 @@
+"""GRPOController: the driver side of jobs.grpo (DESIGN.md section 2), one object per run.
+
+It reserves the three roles in placement groups (after `cluster.resources.check_available`), starts the named
+actors, and runs the loop: dispatch every prompt group of a step (sample -> reward, chained in the object store,
+so rewards start as soon as each group's images exist), collect with re-dispatch of groups whose actor died,
+Top-k + advantages on the driver, one learner step, publish the next LoRA version. Checkpoints hold the learner's
+DeepSpeed state plus the loop state (step, version, the LoRA of steps already sampled ahead), so `--resume`
+continues exactly where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from actors.learner_actor import LearnerGroup
+from actors.reward_actor import RewardActor, reward_actor_name
+from actors.sampler_actor import make_sampler_actor, sampler_actor_name
+from cluster.resources import actor_options, check_available, reserve
+from spatialrl.evaluation import image_grid, read_prompts
+from spatialrl.grpo_learner import TrainSelection
+from spatialrl.grpo_math import topk_filter
+from spatialrl.metrics import MetricsLogger, read_metrics
+
+# errors that mean "the actor (or the object it made) is gone": redo the group; anything else is a bug -> raise
+RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError)
+
+
+@dataclass
+class Group:
+    """One prompt group of one step, in flight or done."""
+
+    step: int
+    index: int  # position in the step
+    row: dict  # prompt (+ objects / relations)
+    prompt_id: int
+    version: int
+    seed: int
+    attempts: int = 0
+    refs: tuple = ()  # (images, trajectory, reward) object refs
+    result: dict = field(default_factory=dict)
+
+
+def step_seed(seed: int, step: int, index: int) -> int:
+    """Per (step, group) sampling seed; leaves room for group_size images per seed."""
+    return int((seed * 1_000_003 + step) * 10_007 + index) * 1_000
+
+
+def step_prompt_ids(n_rows: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompt ids for `step` (1-based): consecutive slices of a per-epoch seeded permutation."""
+    ids = []
+    for pos in range((step - 1) * per_step, step * per_step):
+        epoch, i = divmod(pos, n_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        ids.append(int(perm[i]))
+    return ids
+
+
+class GRPOController:
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rows = read_prompts(cfg.data.prompts)
+        self.eval_rows = read_prompts(cfg.data.eval_prompts)[: cfg.grpo.eval_prompts] if (
+            cfg.data.eval_prompts and cfg.grpo.eval_prompts) else []
+        roles = {"sampler": cfg.cluster.sampler, "reward": cfg.cluster.reward, "learner": cfg.cluster.learner}
+        check_available(roles)
+        t0 = time.time()
+        self.pgs = {name: reserve(name, res, timeout_s=cfg.cluster.placement_timeout_s) for name, res in roles.items()}
+        restarts = cfg.cluster.actor_max_restarts
+        self.samplers = [
+            make_sampler_actor(cfg.sampler, name=sampler_actor_name(i), max_restarts=restarts,
+                               **actor_options(self.pgs["sampler"], i, cfg.cluster.sampler))
+            for i in range(cfg.cluster.sampler.count)
+        ]
+        self.rewarders = [
+            RewardActor.options(name=reward_actor_name(i), max_restarts=restarts,
+                                **actor_options(self.pgs["reward"], i, cfg.cluster.reward)).remote(cfg.reward)
+            for i in range(cfg.cluster.reward.count)
+        ]
+        self.learner = LearnerGroup(cfg.sampler, cfg.learner, cfg.cluster.learner, self.pgs["learner"])
+        ray.get([s.latent_size.remote(cfg.sampler.resolution) for s in self.samplers])  # models loaded
+        self.startup_s = time.time() - t0
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", run=self.run_dir.name)
+        self.version = 0
+        self.state_ref = self.learner.lora_state_ref()
+        self.redispatched = 0
+        self.rr = 0  # round-robin cursor over actors
+        self._state_for: dict[int, ray.ObjectRef] = {}  # policy version -> its LoRA in the object store
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def run(self, resume: bool = False) -> dict:
+        g = self.cfg.grpo
+        start, ahead = 1, {}
+        if resume:
+            start, ahead = self._restore()
+        else:
+            print(f"actors up in {self.startup_s:.1f} s: {len(self.samplers)} sampler(s), "
+                  f"{len(self.rewarders)} reward worker(s), {len(self.learner.actors)} learner rank(s), "
+                  f"{self.learner.num_lora_params} LoRA parameters", flush=True)
+        evals = self._read_json("eval.json")
+        if self.eval_rows and "base" not in evals:
+            evals["base"] = self.evaluate(version=0, state_ref=self.state_ref)
+            self._write_json("eval.json", evals)
+            print(f"base generator on {len(self.eval_rows)} held-out prompts: {evals['base']}", flush=True)
+        # groups dispatched ahead of training: {step: (version, state_ref)} decides which weights sample a step
+        queue: deque = deque()
+        for step in range(start, min(g.steps, start + g.max_staleness) + 1):
+            version, ref = ahead.get(step, (self.version, self.state_ref))
+            queue.append(self._dispatch_step(step, version, ref))
+        for step in range(start, g.steps + 1):
+            t0 = time.time()
+            groups = queue.popleft()
+            self._collect(groups)
+            t_wait = time.time() - t0
+            row = self._train(step, groups)
+            # the next step to sample uses the new weights; steps already in flight (max_staleness > 0) keep
+            # sampling with older ones while the learner trained: that overlap is what staleness buys
+            nxt = step + g.max_staleness + 1
+            if nxt <= g.steps:
+                queue.append(self._dispatch_step(nxt, self.version, self.state_ref))
+            row["time/wait_for_rewards_s"] = t_wait
+            row["time/step_s"] = time.time() - t0
+            row["perf/images_per_s"] = len(groups) * self.cfg.sampler.group_size / max(row["time/step_s"], 1e-9)
+            self.metrics.log(step, row)
+            print(_progress(step, g.steps, row), flush=True)
+            if step % g.grid_every == 0 or step == g.steps:
+                self._grid(step, groups)
+            if step % g.save_every == 0 or step == g.steps:
+                self._checkpoint(step, [grp for q in queue for grp in q])
+            live = {grp.version for q in queue for grp in q} | {self.version}
+            self._state_for = {v: r for v, r in self._state_for.items() if v in live}  # free old LoRA versions
+        final = self.run_dir / "final"
+        self.learner.save_lora(str(final))
+        if self.eval_rows:
+            evals["final"] = self.evaluate(version=self.version, state_ref=self.state_ref)
+            self._write_json("eval.json", evals)
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals}
+        self._write_json("summary.json", summary)
+        return summary
+
+    def _dispatch_step(self, step: int, version: int, state_ref) -> list[Group]:
+        ids = step_prompt_ids(len(self.rows), self.cfg.grpo.prompts_per_step, step, self.cfg.grpo.seed)
+        groups = [Group(step, i, self.rows[pid], pid, version, step_seed(self.cfg.grpo.seed, step, i))
+                  for i, pid in enumerate(ids)]
+        self._state_for[version] = state_ref
+        for grp in groups:
+            self._submit(grp)
+        return groups
+
+    def _submit(self, grp: Group, noise_level: float | None = None, group_size: int | None = None) -> None:
+        sampler = self.samplers[self.rr % len(self.samplers)]
+        rewarder = self.rewarders[self.rr % len(self.rewarders)]
+        self.rr += 1
+        k = group_size or self.cfg.sampler.group_size
+        images, traj = sampler.rollout.options(num_returns=2).remote(
+            [grp.row["prompt"]], prompt_ids=[grp.prompt_id], seed=grp.seed, lora_state=self._state_for[grp.version],
+            version=grp.version, noise_level=noise_level, group_size=group_size,
+        )
+        grp.refs = (images, traj, rewarder.score.remote(images, [grp.row] * k))
+        grp.attempts += 1
+
+    def _collect(self, groups: list[Group], **submit_kw) -> None:
+        """Wait for every group's rewards; re-dispatch groups whose sampler or reward actor died."""
+        todo = list(groups)
+        while todo:
+            ray.wait([grp.refs[2] for grp in todo], num_returns=len(todo))
+            failed = []
+            for grp in todo:
+                try:
+                    grp.result = ray.get(grp.refs[2])
+                except RETRYABLE as e:
+                    if grp.attempts > self.cfg.grpo.max_retries:
+                        raise RuntimeError(
+                            f"step {grp.step} group {grp.index}: actors failed {grp.attempts} times "
+                            f"(last: {type(e).__name__}); raise grpo.max_retries or check the actors' logs"
+                        ) from e
+                    print(f"step {grp.step} group {grp.index}: {type(e).__name__}, re-dispatching", flush=True)
+                    self.redispatched += 1
+                    failed.append(grp)
+            for grp in failed:
+                self._submit(grp, **submit_kw)
+            todo = failed
+
+    def _train(self, step: int, groups: list[Group]) -> dict:
+        G = self.cfg.sampler.group_size
+        rewards = torch.as_tensor(np.concatenate([grp.result["reward"] for grp in groups]), dtype=torch.float32)
+        group_index = torch.arange(len(groups)).repeat_interleave(G)
+        g = self.cfg.grpo
+        sel = topk_filter(rewards, group_index, g.top_k, normalize=g.topk_normalize, global_std=g.global_std,
+                          seed=groups[0].seed)
+        refs, selections = [], []
+        for i, grp in enumerate(groups):
+            keep = sel.keep[i * G:(i + 1) * G].numpy()
+            if keep.any():
+                refs.append(grp.refs[1])
+                selections.append(TrainSelection(np.nonzero(keep)[0], sel.advantages[i * G:(i + 1) * G].numpy()[keep]))
+        row = self._reward_metrics(groups)
+        row.update({"topk/kept_fraction": sel.kept_samples / len(rewards), "topk/kept_groups": sel.kept_groups,
+                    "topk/dropped_groups": sel.dropped_groups,
+                    "policy/staleness": float(np.mean([self.version - grp.version for grp in groups])),
+                    "faults/redispatched_groups": self.redispatched})
+        t0 = time.time()
+        if refs:
+            row.update(self.learner.train_step(refs, selections))
+            self.version += 1
+            self.state_ref = self.learner.lora_state_ref()
+        row["time/train_s"] = time.time() - t0
+        row["policy/version"] = self.version
+        return row
+
+    @staticmethod
+    def _reward_metrics(groups: list[Group]) -> dict:
+        out = {}
+        for key in ("reward", "spatialscore", "relation_accuracy", "object_presence"):
+            v = np.concatenate([grp.result[key] for grp in groups]).astype(np.float64)
+            if np.isnan(v).all():
+                continue
+            name = {"reward": "reward", "spatialscore": "reward/spatialscore",
+                    "relation_accuracy": "verifier/relation_accuracy", "object_presence": "verifier/object_presence"}[key]
+            if key == "reward":
+                out["reward/mean"], out["reward/std"] = float(np.nanmean(v)), float(np.nanstd(v))
+            elif key != "spatialscore":
+                out[name] = float(np.nanmean(v))
+        return out
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, version: int, state_ref) -> dict:
+        """ODE samples of the held-out prompts with fixed seeds (the same for every version): mean SpatialScore
+        and verifier accuracy."""
+        k = self.cfg.grpo.eval_images_per_prompt
+        self._state_for[version] = state_ref
+        groups = [Group(0, i, row, i, version, step_seed(self.cfg.grpo.seed + 7_919, 0, i))
+                  for i, row in enumerate(self.eval_rows)]
+        for grp in groups:
+            self._submit(grp, noise_level=0.0, group_size=k)
+        self._collect(groups, noise_level=0.0, group_size=k)
+        cat = {key: np.concatenate([grp.result[key] for grp in groups]).astype(np.float64)
+               for key in ("spatialscore", "relation_accuracy", "object_presence")}
+        images = np.concatenate(ray.get([grp.refs[0] for grp in groups]))
+        image_grid(images, rows=len(groups)).save(self.run_dir / f"eval_v{version:04d}.png")
+        out = {"policy_version": version, "prompts": len(groups), "images": int(len(images))}
+        for key, v in cat.items():
+            if not np.isnan(v).all():
+                out[key] = round(float(np.nanmean(v)), 4)
+        return out
+
+    # ----------------------------------------------------------------------------------- files and resume
+
+    def _grid(self, step: int, groups: list[Group]) -> None:
+        shown = groups[:4]
+        images = np.concatenate(ray.get([grp.refs[0] for grp in shown]))
+        (self.run_dir / "grids").mkdir(exist_ok=True)
+        image_grid(images, rows=len(shown)).save(self.run_dir / "grids" / f"step_{step:05d}.png")
+        with open(self.run_dir / "grids" / f"step_{step:05d}.jsonl", "w") as f:
+            for grp in shown:
+                f.write(json.dumps({"prompt": grp.row["prompt"], "reward": grp.result["reward"].round(4).tolist(),
+                                    "relation_accuracy": grp.result["relation_accuracy"].round(3).tolist()}) + "\n")
+
+    def _checkpoint(self, step: int, in_flight: list[Group]) -> None:
+        from safetensors.torch import save_file
+
+        ckpt = self.run_dir / "checkpoints" / f"step_{step:05d}"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        self.learner.save_checkpoint(str(ckpt / "learner"))
+        ahead = {}
+        for grp in in_flight:  # steps already sampled ahead used these weights: keep them for an exact resume
+            if grp.step not in ahead:
+                save_file(ray.get(self._state_for[grp.version]), ckpt / f"ahead_v{grp.version}.safetensors")
+                ahead[grp.step] = grp.version
+        state = {"step": step, "version": self.version, "redispatched": self.redispatched, "ahead": ahead}
+        (ckpt / "state.json").write_text(json.dumps(state))
+        (self.run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"path": ckpt.name, "step": step}))
+        for old in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-2]:  # keep the last two
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self) -> tuple[int, dict]:
+        from safetensors.torch import load_file
+
+        latest = json.loads((self.run_dir / "checkpoints" / "latest.json").read_text())
+        ckpt = self.run_dir / "checkpoints" / latest["path"]
+        state = json.loads((ckpt / "state.json").read_text())
+        self.learner.load_checkpoint(str(ckpt / "learner"))
+        self.version, self.redispatched = state["version"], state["redispatched"]
+        self.state_ref = self.learner.lora_state_ref()
+        self.metrics.truncate_after(state["step"])
+        self._state_for = {}
+        ahead = {}
+        for step, version in state["ahead"].items():
+            ref = ray.put(load_file(ckpt / f"ahead_v{version}.safetensors"))
+            ahead[int(step)] = (version, ref)
+            self._state_for[version] = ref
+        print(f"resumed {self.run_dir} at step {state['step']} (policy version {self.version})", flush=True)
+        return state["step"] + 1, ahead
+
+    def _read_json(self, name: str) -> dict:
+        p = self.run_dir / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def _write_json(self, name: str, data: dict) -> None:
+        (self.run_dir / name).write_text(json.dumps(data, indent=2) + "\n")
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.samplers + self.rewarders:
+            ray.kill(actor)
+        self.learner.shutdown()
+        for pg in self.pgs.values():
+            remove_placement_group(pg)
+
+
+def _progress(step: int, steps: int, row: dict) -> str:
+    parts = [f"step {step}/{steps}"]
+    for key, fmt in (("reward/mean", "reward {:.3f}"), ("verifier/relation_accuracy", "verifier {:.3f}"),
+                     ("topk/kept_fraction", "kept {:.2f}"), ("policy/ratio_mean", "ratio {:.5f}"),
+                     ("policy/clip_fraction", "clip {:.2f}"), ("perf/images_per_s", "{:.1f} img/s"),
+                     ("time/step_s", "{:.1f} s")):
+        if row.get(key) is not None:
+            parts.append(fmt.format(row[key]))
+    return " | ".join(parts)
+
+
+def plot_curves(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for ax, (key, title) in zip(axes, [("reward/mean", "reward (SpatialScore) mean"),
+                                       ("verifier/relation_accuracy", "verifier relation accuracy"),
+                                       ("policy/clip_fraction", "clip fraction")]):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(steps, [np.nan if y is None else y for y in ys], marker=".")
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
