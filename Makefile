@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu demo bench-data clean
+.PHONY: setup test test-all test-slow test-gpu demo demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -27,6 +27,10 @@ test-gpu: setup
 ## the main job on its embedded default, into runs/demo/
 demo: setup
 	$(PY) -m jobs.demo --out runs/demo
+
+## the same, but also reruns the two pretraining jobs instead of using assets/tiny-pretrained/
+demo-from-scratch: setup
+	$(PY) -m jobs.demo --out runs/demo-from-scratch --from-scratch
 
 bench-data: setup
 	$(PY) -m bench.data_pipeline --pairs 2000
