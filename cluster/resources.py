@@ -56,15 +56,33 @@ def totals(roles: dict[str, RoleResources]) -> dict[str, float]:
     return need
 
 
-def check_available(roles: dict[str, RoleResources], available: dict[str, float] | None = None) -> None:
-    """Raise ResourceError, naming each short resource and each role's share, if the cluster is too small."""
+def _short(need: dict[str, float], have: dict[str, float]) -> dict[str, tuple[float, float]]:
+    return {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+
+
+def check_available(
+    roles: dict[str, RoleResources], available: dict[str, float] | None = None, wait_s: float = 15.0
+) -> None:
+    """Raise ResourceError, naming each short resource and each role's share, if the cluster is too small.
+
+    A request larger than the whole cluster fails at once. One that fits the cluster but not what is free right
+    now waits up to `wait_s` (actors of a previous job may still be releasing theirs), then fails.
+    """
+    import time
+
     import ray
 
     for name, role in roles.items():
         role.validate(name)
-    have = ray.available_resources() if available is None else available
     need = totals(roles)
-    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    have = ray.available_resources() if available is None else available
+    short = _short(need, have)
+    if short and available is None and not _short(need, ray.cluster_resources()):
+        deadline = time.time() + wait_s
+        while short and time.time() < deadline:
+            time.sleep(0.5)
+            have = ray.available_resources()
+            short = _short(need, have)
     if short:
         lines = [f"  {k}: need {v:g}, available {h:g}" for k, (v, h) in short.items()]
         shares = [f"  {n}: {r.count} x {r.bundle()}" for n, r in roles.items()]

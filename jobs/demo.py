@@ -1,11 +1,22 @@
-"""`make demo`: the pipeline on its embedded default, end to end on a laptop CPU, into runs/demo/.
+"""`make demo`: the paper's method end to end on a laptop CPU, into runs/demo/.
 
-Stages (each reuses its output when present; `--force` redoes them):
-  1. dataset/   jobs.build_dataset in the easy world (the setting the toy generator draws), with preview.png
-  2. verify.json  jobs.verify_dataset over every pair (both fractions must be 1.0)
-Later stages (reward model, GRPO) join here as they land; see README "Status".
+The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL pretrained
+on the spatial world and a toy Flux generator), the way a real user starts from downloaded Qwen2.5-VL-7B and
+FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
+64 px, 2-3 objects, positional relations):
 
-    python -m jobs.demo --out runs/demo [--pairs 2000] [--force]
+  1. dataset/     jobs.build_dataset (easy world) + jobs.verify_dataset (both fractions must be 1.0)
+  2. reward/      jobs.train_reward (configs/reward_demo.yaml: LoRA on tiny-pretrained) + jobs.eval_reward
+  3. generator/   the shipped toy generator, copied (FluxPipeline.from_pretrained loads it)
+  4. grpo/        jobs.grpo (configs/grpo_demo.yaml) with SpatialScore as the reward; LoRA in grpo/final/
+  5. summary.json held-out prompts' mean SpatialScore and verifier relation accuracy, base vs after GRPO,
+                  and the reward model's pairwise accuracy
+
+Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
+demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
+pretrained/ and uses those instead of the shipped assets.
+
+    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch]
 """
 
 from __future__ import annotations
@@ -17,48 +28,106 @@ import sys
 import time
 from pathlib import Path
 
+from spatialrl.models.loader import REPO_ROOT
+
+ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
+
+
+def stage(title: str, done: Path, run) -> None:
+    """Run one stage unless its marker output exists; a failing stage stops the demo with its exit code."""
+    if done.exists():
+        print(f"== {title}: reusing {done}", flush=True)
+        return
+    print(f"== {title}", flush=True)
+    t0 = time.time()
+    rc = run()
+    if rc:
+        raise SystemExit(f"demo stage '{title}' failed (exit {rc}); fix it and rerun make demo (done stages are kept)")
+    print(f"   ({time.time() - t0:.0f} s)", flush=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", default="runs/demo", type=Path)
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--force", action="store_true", help="redo every stage")
+    parser.add_argument("--from-scratch", action="store_true", help="also rerun the two pretraining jobs")
     args = parser.parse_args(argv)
 
     from cluster.runtime import ray_session
-    from jobs import build_dataset, verify_dataset
+    from jobs import build_dataset, eval_reward, grpo, train_reward, verify_dataset
 
-    out = Path(args.out)
+    out: Path = args.out
     if args.force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    summary: dict = {}
+    t_start = time.time()
+    dataset, reward, generator, run = out / "dataset", out / "reward", out / "generator", out / "grpo"
+    backbone, flux = ASSETS / "qwen2_5_vl", ASSETS / "flux"
     with ray_session():
-        dataset = out / "dataset"
-        if not (dataset / "manifest.json").exists():
-            print(f"== stage 1: building {args.pairs} pairs into {dataset}", flush=True)
-            rc = build_dataset.main(["--config", "configs/dataset_easy.yaml", "--pairs", str(args.pairs),
-                                     "--out", str(dataset), "--overwrite"])
-            if rc:
-                return rc
-        else:
-            print(f"== stage 1: reusing {dataset}", flush=True)
-        report = out / "verify.json"
-        if not report.exists():
-            print("== stage 2: verifying every pair", flush=True)
-            rc = verify_dataset.main(["--data", str(dataset), "--json", str(report)])
-            if rc:
-                return rc
-        v = json.loads(report.read_text())
-        summary["dataset"] = {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
-                              "rejected_exact_violations": v["rejected_exact_violations"]}
-    summary["seconds"] = round(time.time() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(f"preview: {dataset / 'preview.png'}")
-    ok = summary["dataset"]["chosen_all_hold"] == 1.0 and summary["dataset"]["rejected_exact_violations"] == 1.0
-    return 0 if ok else 1
+        if args.from_scratch:
+            from jobs import pretrain_backbone, pretrain_generator
+
+            backbone, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
+            stage("pretraining the tiny Qwen2.5-VL backbone", backbone / "config.json", lambda: pretrain_backbone.main(
+                ["--config", "configs/backbone_tiny.yaml", "--out", str(backbone)]))
+            stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
+                ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
+        for path in (backbone, flux):
+            if not path.is_dir():
+                raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
+                                 f"them with git checkout, or run make demo-from-scratch to rebuild them)")
+        stage(f"1/4 building {args.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
+            ["--config", "configs/dataset_easy.yaml", "--pairs", str(args.pairs), "--out", str(dataset),
+             "--overwrite"]))
+        stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
+            ["--data", str(dataset), "--json", str(out / "verify.json")]))
+        stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
+              lambda: train_reward.main(["--config", "configs/reward_demo.yaml", "--data", str(dataset),
+                                         "--out", str(reward), "--overwrite",
+                                         "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
+        stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
+            ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test",
+             "--json", str(reward / "eval.json"), "--markdown", str(reward / "eval.md")]))
+        stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
+              lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
+        stage("4/4 GRPO with SpatialScore as the reward", run / "summary.json", lambda: grpo.main(
+            ["--config", "configs/grpo_demo.yaml", "--out", str(run), "--overwrite",
+             "--set", f"sampler.model={generator}", "--set", f"reward.checkpoint={reward / 'final'}",
+             "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
+             "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}"]))
+    summary = summarize(out, time.time() - t_start)
+    return 0 if summary["grpo"]["verifier_gain"] > 0 else 1
+
+
+def summarize(out: Path, seconds: float) -> dict:
+    v = json.loads((out / "verify.json").read_text())
+    r = json.loads((out / "reward" / "eval.json").read_text())
+    g = json.loads((out / "grpo" / "summary.json").read_text())
+    base, final = g["base"], g["final"]
+    summary = {
+        "dataset": {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
+                    "rejected_exact_violations": v["rejected_exact_violations"]},
+        "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs") if k in r},
+        "grpo": {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
+                 "base": {"spatialscore": base.get("spatialscore"), "relation_accuracy": base.get("relation_accuracy"),
+                          "object_presence": base.get("object_presence")},
+                 "after_grpo": {"spatialscore": final.get("spatialscore"),
+                                "relation_accuracy": final.get("relation_accuracy"),
+                                "object_presence": final.get("object_presence")},
+                 "verifier_gain": round(final["relation_accuracy"] - base["relation_accuracy"], 4),
+                 "lora": str(out / "grpo" / "final")},
+        "seconds": round(seconds, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rows = [("generator", "mean SpatialScore", "verifier relation accuracy", "object presence"),
+            ("base (toy Flux)", base.get("spatialscore"), base.get("relation_accuracy"), base.get("object_presence")),
+            ("after GRPO", final.get("spatialscore"), final.get("relation_accuracy"), final.get("object_presence"))]
+    print("\n" + "\n".join(f"| {' | '.join(str(c) for c in row)} |" for row in rows))
+    print(f"\nSpatialScore pairwise accuracy on the test split: {r.get('accuracy')} "
+          f"(1-pert {r.get('accuracy_1pert')}, 2-3-pert {r.get('accuracy_2to3pert')}, {r.get('n_pairs')} pairs)")
+    print(f"demo finished in {seconds:.0f} s; summary: {out / 'summary.json'}; grids: {out / 'grpo'}")
+    return summary
 
 
 if __name__ == "__main__":
