@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(GRPOJobConfig, args)
-        prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        if not args.dry_run:  # a dry run only validates and prints: it must not create or delete --out
+            prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
