@@ -187,9 +187,28 @@ class GRPOController:
                     print(f"step {grp.step} group {grp.index}: {type(e).__name__}, re-dispatching", flush=True)
                     self.redispatched += 1
                     failed.append(grp)
+            if failed:
+                self._await_actors()
             for grp in failed:
                 self._submit(grp, **submit_kw)
             todo = failed
+
+    def _await_actors(self, timeout_s: float = 600.0) -> None:
+        """Block until every sampler and reward actor answers again. While Ray restarts an actor, tasks sent to
+        it fail at once with ActorUnavailableError (actors run with max_task_retries=0), so re-dispatching
+        straight away would spend all of grpo.max_retries in milliseconds, long before the model is reloaded."""
+        deadline = time.time() + timeout_s
+        for actor in self.samplers + self.rewarders:
+            while True:
+                try:
+                    ray.get(actor.__ray_ready__.remote(), timeout=30)
+                    break
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    if time.time() > deadline:
+                        raise RuntimeError(
+                            f"an actor was still restarting after {timeout_s:g} s; check its logs (ray logs)"
+                        ) from None
+                    time.sleep(0.2)
 
     def _train(self, step: int, groups: list[Group]) -> dict:
         G = self.cfg.sampler.group_size
