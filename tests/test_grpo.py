@@ -1,0 +1,332 @@
+"""Ray tier: the GRPO learner on a local CPU Ray, and jobs.grpo end to end (tiny Flux, untrained tiny SpatialScore).
+
+Every test shares the session's 2-CPU local Ray (`ray_local`); the job joins it and leaves it running. The
+learner always lives in Ray actors, so this process never initialises torch.distributed.
+
+Six job runs (about 20 s each, mostly actor start-up) and one learner group: ~2-3 min on 2 cores.
+
+Run: .venv/bin/python -m pytest tests/test_grpo.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import jobs.grpo as grpo_job
+from cluster.resources import ResourceError, RoleResources, reserve
+from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.grpo_learner import GRPOLearnerConfig, TrainSelection
+from spatialrl.metrics import read_metrics
+
+pytestmark = pytest.mark.ray
+
+P, G = 2, 4  # the job's defaults: prompt groups per step, images per group
+ROW_KEYS = ("reward/mean", "verifier/relation_accuracy", "topk/kept_fraction", "policy/ratio_mean", "loss/policy",
+            "perf/images_per_s", "policy/version")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Structured prompts (the spatial world, as jobs.build_dataset writes them) and an untrained tiny SpatialScore."""
+    from data_pipeline.pairs import make_pair
+    from jobs.build_dataset import BuildDatasetConfig
+    from spatialrl.config import load_config
+    from spatialrl.scorer import SpatialScorer
+
+    root = tmp_path_factory.mktemp("grpo_data")
+    world = load_config(BuildDatasetConfig, "configs/dataset_easy.yaml").world
+    for split, n in (("train", 12), ("test", 4)):
+        with open(root / f"prompts_{split}.jsonl", "w") as f:
+            for i in range(n):
+                pair = make_pair(i, 0, split, world)
+                info = json.loads(pair["relations"])
+                f.write(json.dumps({"pair_id": pair["pair_id"], "prompt": pair["prompt"],
+                                    "relations": info["relations"], "objects": info["objects"]}) + "\n")
+    SpatialScorer.untrained("tiny", seed=0).model.save_pretrained(root / "rm")
+    return root
+
+
+def job_args(data: Path, out: Path, *sets: str) -> list[str]:
+    args = ["--out", str(out), "--set", f"data.prompts={data / 'prompts_train.jsonl'}",
+            "--set", f"reward.checkpoint={data / 'rm'}"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def rows_of(run: Path) -> list[dict]:
+    return read_metrics(run / "metrics.jsonl")
+
+
+def training_keys(row: dict) -> dict:
+    """A metrics row without wall-clock numbers."""
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))}
+
+
+# ------------------------------------------------------------------------------------------------ the learner
+
+
+def sample_groups(sampler: FluxSampler, rows: list[dict], seed: int):
+    import ray
+
+    return [ray.put(sampler.sample([r["prompt"]], prompt_ids=[i], seed=seed + 1000 * i)) for i, r in enumerate(rows)]
+
+
+def all_samples(n_groups: int) -> list[TrainSelection]:
+    adv = np.array([1.0, -1.0, 0.5, -0.5], dtype=np.float32)  # any non-zero advantages
+    return [TrainSelection(np.arange(G), adv * (i + 1)) for i in range(n_groups)]
+
+
+def lora_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def learner_group(count: int, cfg: GRPOLearnerConfig, scfg: FluxSamplerConfig):
+    from actors.learner_actor import LearnerGroup
+
+    res = RoleResources(count=count, num_cpus=0.5)
+    pg = reserve("learner-test", res, timeout_s=60)
+    return LearnerGroup(scfg, cfg, res, pg), pg
+
+
+def close(group, pg) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    group.shutdown()
+    remove_placement_group(pg)
+
+
+# one tiny update moves these per-element-mean ratios by ~1e-4 (the default clip range): clip well inside that
+CLIP = 1e-6
+SCFG = FluxSamplerConfig(model="tiny", resolution=32, num_steps=4, group_size=G, batch_size=2, lora_rank=4,
+                         lora_alpha=8)
+
+
+def test_learner_on_policy_ratio_is_one_and_two_ranks_stay_identical(ray_local, data, one_torch_thread):
+    from spatialrl.evaluation import read_prompts
+
+    rows = read_prompts(str(data / "prompts_train.jsonl"))[:2]
+    group, pg = learner_group(2, GRPOLearnerConfig(clip_range=CLIP), SCFG)  # two ranks, one gloo process group
+    try:
+        state0 = ray_local.get(group.lora_state_ref())
+        assert any(".lora_B." in k for k in state0) and all(float(v.abs().max()) == 0 for k, v in state0.items()
+                                                             if ".lora_B." in k)
+        sampler = FluxSampler(SCFG)  # one thread, like the 0.5-CPU learner ranks: the same numerics
+        sampler.set_lora(state0, version=0)
+        trajs = sample_groups(sampler, rows, seed=11)
+        stats = group.train_step(trajs, all_samples(len(rows)))
+        # on-policy: the learner recomputes the sampler's log-probs bit for bit
+        assert stats["policy/ratio_mean"] == 1.0
+        assert stats["policy/ratio_max_dev"] == 0.0
+        assert stats["policy/clip_fraction"] == 0.0
+        assert stats["learner/micro_batches"] == len(rows) * G / SCFG.batch_size
+        assert stats["learner/updates"] == 1.0
+        rank0, rank1 = ray_local.get([a.lora_state.remote() for a in group.actors])
+        assert lora_diff(rank0, state0) > 0, "one step left the LoRA unchanged"
+        assert lora_diff(rank0, rank1) == 0.0, "the two ranks' LoRA weights diverged"
+        # the same trajectories are now one update old: ratios move away from 1 and some get clipped
+        stale = group.train_step(trajs, all_samples(len(rows)))
+        assert stale["policy/ratio_max_dev"] > 0
+        assert 0 < stale["policy/clip_fraction"] < 1
+        rank0b, rank1b = ray_local.get([a.lora_state.remote() for a in group.actors])
+        assert lora_diff(rank0b, rank1b) == 0.0
+    finally:
+        close(group, pg)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_local, data, tmp_path_factory):
+    """4 steps with held-out evaluation: the reference run of the module."""
+    out = tmp_path_factory.mktemp("grpo_full") / "run"
+    assert grpo_job.main(job_args(data, out, f"data.eval_prompts={data / 'prompts_test.jsonl'}",
+                                  "grpo.eval_prompts=2")) == 0
+    return out
+
+
+def test_full_run_writes_metrics_lora_and_reports(full_run, one_torch_thread):
+    rows = rows_of(full_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        missing = [k for k in ROW_KEYS if k not in r]
+        assert not missing, f"step {r['step']} lacks {missing}"
+    assert [r["policy/version"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["policy/ratio_mean"] == 1.0 and rows[0]["policy/ratio_max_dev"] == 0.0  # on-policy
+    assert all(r["topk/kept_fraction"] == 1.0 for r in rows)  # top_k=6 >= group 4: whole groups
+    for name in ("curves.png", "eval.json", "summary.json", "config.yaml"):
+        assert (full_run / name).is_file(), name
+    assert sorted(p.name for p in (full_run / "grids").glob("*.png")) == ["step_00002.png", "step_00004.png"]
+    evals = json.loads((full_run / "eval.json").read_text())
+    assert evals["base"]["policy_version"] == 0 and evals["final"]["policy_version"] == 4
+    assert evals["base"]["images"] == 4
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["policy_version"] == 4
+
+    # final/ is a stock diffusers LoRA: FluxPipeline.load_lora_weights takes every key and changes the output
+    from safetensors.torch import load_file
+
+    from spatialrl.models.loader import load_flux_pipeline
+
+    saved = load_file(full_run / "final" / "pytorch_lora_weights.safetensors")
+    assert saved and all(k.startswith("transformer.") for k in saved)
+    pipe = load_flux_pipeline("tiny")
+    tr = pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(
+        hidden_states=torch.randn(1, 4, tr.config.in_channels, generator=gen),
+        encoder_hidden_states=torch.randn(1, 3, tr.config.joint_attention_dim, generator=gen),
+        pooled_projections=torch.randn(1, tr.config.pooled_projection_dim, generator=gen),
+        timestep=torch.tensor([0.5]), img_ids=torch.zeros(4, 3), txt_ids=torch.zeros(3, 3),
+        guidance=torch.tensor([3.5]) if tr.config.guidance_embeds else None, return_dict=False,
+    )
+    with torch.no_grad():
+        before = tr(**inputs)[0]
+        pipe.load_lora_weights(str(full_run / "final"))
+        after = tr(**inputs)[0]
+    from peft.utils import get_peft_model_state_dict
+
+    loaded = get_peft_model_state_dict(tr, adapter_name=next(iter(tr.peft_config)))
+    assert len(loaded) == len(saved), f"{len(saved)} LoRA tensors saved, {len(loaded)} loaded"
+    assert not torch.equal(before, after), "the trained LoRA does not change the transformer"
+
+
+@pytest.fixture(scope="module")
+def topk_run(ray_local, data, tmp_path_factory):
+    """Everything off the default path at once: group 6 with top_k 1, 2 optimizer updates per step, sampling one
+    step ahead (max_staleness 1), a clip range below one update's drift of the ratios."""
+    out = tmp_path_factory.mktemp("grpo_topk") / "run"
+    assert grpo_job.main(job_args(data, out, "sampler.group_size=6", "grpo.top_k=1", "grpo.max_staleness=1",
+                                  "learner.updates_per_step=2", f"learner.clip_range={CLIP}")) == 0
+    return out
+
+
+def test_topk_trains_the_best_and_worst_of_each_group(topk_run):
+    rows = rows_of(topk_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["topk/kept_groups"] + r["topk/dropped_groups"] == P
+        # a group is dropped only when its rewards are all equal (zero std): not with SpatialScore's floats
+        assert r["topk/kept_groups"] == P
+        assert r["topk/kept_fraction"] == 2 / 6
+        assert r["learner/micro_batches"] == P  # 2 kept images per group, sampling batch 2
+        # update 2 of every step sees the weights update 1 moved: its ratios leave 1, some beyond the clip
+        assert r["policy/ratio_max_dev"] > 0
+        assert r["policy/clip_fraction"] > 0
+    assert [r["learner/updates"] for r in rows] == [2, 4, 6, 8]
+    # one step ahead: step 1 samples with v0 like step 2, so from step 2 on the batch is one version old
+    assert [r["policy/staleness"] for r in rows] == [0, 1, 1, 1]
+
+
+def test_resume_with_steps_sampled_ahead(ray_local, data, topk_run, tmp_path):
+    """The top-k run, interrupted after step 3 was logged (its step-4 checkpoint never written), resumes from
+    step 2: the LoRA versions that sampled steps 3 and 4 ahead come back from the checkpoint, so steps 3-4
+    are redone exactly."""
+    out = tmp_path / "run"
+    shutil.copytree(topk_run, out)
+    shutil.rmtree(out / "checkpoints" / "step_00004")
+    shutil.rmtree(out / "final")
+    (out / "checkpoints" / "latest.json").write_text(json.dumps({"path": "step_00002", "step": 2}))
+    rows = rows_of(out)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    state = json.loads((out / "checkpoints" / "step_00002" / "state.json").read_text())
+    assert state["ahead"] == {"3": 1, "4": 2}
+    assert grpo_job.main(job_args(data, out, "sampler.group_size=6", "grpo.top_k=1", "grpo.max_staleness=1",
+                                  "learner.updates_per_step=2", f"learner.clip_range={CLIP}") + ["--resume"]) == 0
+    resumed = rows_of(out)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for got, want in zip(resumed, rows):
+        assert training_keys(got) == training_keys(want), f"step {got['step']} differs after resume"
+    assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_killed_sampler_is_restarted_and_its_groups_redone(ray_local, data, full_run, tmp_path):
+    """Kill the named sampler right after step 1 is logged: step 2's groups were dispatched just before the row
+    was written, so the kill lands while they are being sampled. Ray restarts the actor, the driver re-dispatches
+    the lost groups with the same seeds and policy version, and every step trains on whole groups: the run's
+    metrics equal the undisturbed run's."""
+    out = tmp_path / "run"
+    killed: list[float] = []
+    stop = threading.Event()
+
+    def killer():
+        metrics = out / "metrics.jsonl"
+        while not stop.is_set():
+            if metrics.exists() and metrics.read_text().count("\n") >= 1:
+                ray_local.kill(ray_local.get_actor("spatialrl/sampler-0"), no_restart=False)
+                killed.append(time.time())
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert grpo_job.main(job_args(data, out)) == 0
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert killed, "the sampler was never killed"
+    rows = rows_of(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["faults/redispatched_groups"] >= 1
+    for r in rows:
+        assert r["topk/kept_groups"] == P and r["topk/kept_fraction"] == 1.0
+        assert r["learner/micro_batches"] == P * G / 2
+    for got, want in zip(rows, rows_of(full_run)):  # same seeds, same versions: the same numbers
+        assert {k: v for k, v in training_keys(got).items() if not k.startswith("faults/")} == \
+            {k: v for k, v in training_keys(want).items() if not k.startswith("faults/")}, f"step {got['step']}"
+
+
+def test_resume_continues_exactly(ray_local, data, full_run, tmp_path, capsys):
+    """Stop after 2 steps (a checkpoint), resume to 4: steps 3-4 equal the straight 4-step run's."""
+    out = tmp_path / "run"
+    sets = (f"data.eval_prompts={data / 'prompts_test.jsonl'}", "grpo.eval_prompts=2")
+    assert grpo_job.main(job_args(data, out, *sets, "grpo.steps=2")) == 0
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert grpo_job.main(job_args(data, out, *sets, "grpo.steps=4") + ["--resume"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    rows, reference = rows_of(out), rows_of(full_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for got, want in zip(rows, reference):
+        assert training_keys(got) == training_keys(want), f"step {got['step']} differs after resume"
+    assert json.loads((out / "summary.json").read_text())["policy_version"] == 4
+
+
+# -------------------------------------------------------------------------------- configs and resources
+
+
+def test_too_big_a_cluster_request_fails_fast(ray_local, data, tmp_path):
+    groups_before = len(ray_local.util.placement_group_table())
+    t0 = time.time()
+    with pytest.raises(ResourceError, match=r"CPU: need 33"):  # 64 samplers x 0.5 + reward 0.5 + learner 0.5
+        grpo_job.main(job_args(data, tmp_path / "run", "cluster.sampler.count=64"))
+    assert time.time() - t0 < 10
+    assert len(ray_local.util.placement_group_table()) == groups_before  # refused before reserving anything
+
+
+def test_dry_run_prints_the_config_and_touches_nothing(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run: --overwrite must not delete it on a dry run
+    assert grpo_job.main(job_args(data, out, "grpo.top_k=2") + ["--dry-run", "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "top_k: 2" in printed and "group_size: 4" in printed and str(data / "prompts_train.jsonl") in printed
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_missing_prompts_and_missing_checkpoint_exit_2(data, tmp_path, capsys):
+    assert grpo_job.main(["--out", str(tmp_path / "a"), "--set", f"reward.checkpoint={data / 'rm'}"]) == 2
+    assert "data.prompts" in capsys.readouterr().err
+    assert grpo_job.main(job_args(data, tmp_path / "b") + ["--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
