@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--from-scratch", action="store_true", help="also rerun the two pretraining jobs")
+    parser.add_argument("--backbone", type=Path, default=ASSETS / "qwen2_5_vl",
+                        help="the reward model's Qwen2.5-VL folder (default: the shipped tiny-pretrained one)")
+    parser.add_argument("--generator", type=Path, default=ASSETS / "flux",
+                        help="the base Flux folder (default: the shipped toy generator)")
+    parser.add_argument("--reward-config", default="configs/reward_demo.yaml")
+    parser.add_argument("--grpo-config", default="configs/grpo_demo.yaml")
+    parser.add_argument("--set", dest="grpo_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra jobs.grpo overrides, e.g. --set grpo.steps=10")
     args = parser.parse_args(argv)
 
     from cluster.runtime import ray_session
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     dataset, reward, generator, run = out / "dataset", out / "reward", out / "generator", out / "grpo"
-    backbone, flux = ASSETS / "qwen2_5_vl", ASSETS / "flux"
+    backbone, flux = args.backbone, args.generator
     with ray_session():
         if args.from_scratch:
             from jobs import pretrain_backbone, pretrain_generator
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
             ["--data", str(dataset), "--json", str(out / "verify.json")]))
         stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
-              lambda: train_reward.main(["--config", "configs/reward_demo.yaml", "--data", str(dataset),
+              lambda: train_reward.main(["--config", args.reward_config, "--data", str(dataset),
                                          "--out", str(reward), "--overwrite",
                                          "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
         stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
@@ -92,12 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
               lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
         stage("4/4 GRPO with SpatialScore as the reward", run / "summary.json", lambda: grpo.main(
-            ["--config", "configs/grpo_demo.yaml", "--out", str(run), "--overwrite",
+            ["--config", args.grpo_config, "--out", str(run), "--overwrite",
              "--set", f"sampler.model={generator}", "--set", f"reward.checkpoint={reward / 'final'}",
              "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
-             "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}"]))
+             "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
+             *[x for o in args.grpo_overrides for x in ("--set", o)]]))
     summary = summarize(out, time.time() - t_start)
-    return 0 if summary["grpo"]["verifier_gain"] > 0 else 1
+    gain = summary["grpo"]["verifier_gain"]
+    if gain <= 0:
+        print(f"\nRESULT: GRPO did not raise the verifier's relation accuracy on held-out prompts ({gain:+.4f}); "
+              f"see {run / 'curves.png'} and {run / 'grids'}", flush=True)
+    else:
+        print(f"\nRESULT: GRPO raised the verifier's relation accuracy on held-out prompts by {gain:+.4f}", flush=True)
+    return 0
 
 
 def summarize(out: Path, seconds: float) -> dict:
@@ -123,7 +138,9 @@ def summarize(out: Path, seconds: float) -> dict:
     rows = [("generator", "mean SpatialScore", "verifier relation accuracy", "object presence"),
             ("base (toy Flux)", base.get("spatialscore"), base.get("relation_accuracy"), base.get("object_presence")),
             ("after GRPO", final.get("spatialscore"), final.get("relation_accuracy"), final.get("object_presence"))]
-    print("\n" + "\n".join(f"| {' | '.join(str(c) for c in row)} |" for row in rows))
+    lines = [f"| {' | '.join(str(c) for c in row)} |" for row in rows]
+    lines.insert(1, "|---|---|---|---|")
+    print("\n" + "\n".join(lines))
     print(f"\nSpatialScore pairwise accuracy on the test split: {r.get('accuracy')} "
           f"(1-pert {r.get('accuracy_1pert')}, 2-3-pert {r.get('accuracy_2to3pert')}, {r.get('n_pairs')} pairs)")
     print(f"demo finished in {seconds:.0f} s; summary: {out / 'summary.json'}; grids: {out / 'grpo'}")
