@@ -32,6 +32,7 @@ from pathlib import Path
 from spatialrl.models.loader import REPO_ROOT
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
+REWARD_DEMO = "configs/reward_demo.yaml"
 
 
 def stage(title: str, done: Path, run) -> None:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reward model's Qwen2.5-VL folder (default: the shipped tiny-pretrained one)")
     parser.add_argument("--generator", type=Path, default=ASSETS / "flux",
                         help="the base Flux folder (default: the shipped toy generator)")
-    parser.add_argument("--reward-config", default="configs/reward_demo.yaml")
+    parser.add_argument("--reward-config", default=REWARD_DEMO)
     parser.add_argument("--grpo-config", default="configs/grpo_demo.yaml")
     parser.add_argument("--set", dest="grpo_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra jobs.grpo overrides, e.g. --set grpo.steps=10")
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
             backbone, flux = Path(resolve_model_path("tiny", "qwen")), Path(resolve_model_path("tiny", "flux"))
             (out / "MODELS_ARE_RANDOM").write_text("assets/tiny-pretrained is missing; the demo ran on random tiny models\n")
+            if args.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own preset
+                args.reward_config = "configs/reward_tiny.yaml"
             print(f"WARNING: {missing} missing: running the chain on the RANDOM tiny fixtures instead; the before/after "
                   f"numbers carry no signal (rebuild the pretrained models with make demo-from-scratch)", flush=True)
         for path in (backbone, flux):
