@@ -127,8 +127,9 @@ def spatial_corpus() -> list[str]:
 # ----------------------------------------------------------------------------------------------- tokenizers
 
 
-def _learn_bpe(backend, num_merges: int, suffix: str = "") -> list[tuple[str, str]]:
-    """Learn BPE merges on `spatial_corpus()`, as pieces of `backend`'s normalizer and pre-tokenizer.
+def _learn_bpe(backend, num_merges: int, suffix: str = "", corpus: list[str] | None = None) -> list[tuple[str, str]]:
+    """Learn BPE merges on `corpus` (default `spatial_corpus()`), as pieces of `backend`'s normalizer and
+    pre-tokenizer.
 
     A plain loop rather than `tokenizers.trainers.BpeTrainer`: the trainer breaks ties between equally
     frequent pairs in hash order, so two builds could swap merges and token ids (seen as a flaky fixture).
@@ -136,7 +137,7 @@ def _learn_bpe(backend, num_merges: int, suffix: str = "") -> list[tuple[str, st
     `suffix` marks the last symbol of each word (CLIP's `</w>`).
     """
     words: Counter[tuple[str, ...]] = Counter()
-    for line in spatial_corpus():
+    for line in corpus if corpus is not None else spatial_corpus():
         text = backend.normalizer.normalize_str(line) if backend.normalizer else line
         for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text):
             symbols = list(piece)
@@ -175,15 +176,19 @@ def _byte_alphabet() -> list[str]:
     return sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
 
 
-def _train_qwen_tokenizer(vocab_size: int):
-    """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, wrapped as a `Qwen2Tokenizer`."""
+def _train_qwen_tokenizer(vocab_size: int, corpus: list[str] | None = None):
+    """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, wrapped as a `Qwen2Tokenizer`.
+
+    `corpus` (default `spatial_corpus()`) is what the merges are learned on; `spatialrl.backbone_pretrain`
+    passes a larger one so that every word of the spatial world's prompts is a single token, as in a real
+    150k-token vocabulary."""
     from transformers import AddedToken, Qwen2Tokenizer
 
     # An empty Qwen2Tokenizer lends its exact normalizer and pre-tokenizer, so the merges are learned on the
     # same pieces the final tokenizer will see.
     template = Qwen2Tokenizer().backend_tokenizer
     alphabet = _byte_alphabet()  # all 256 byte symbols: any text (any language, emoji) tokenizes, no unknowns
-    merges = _learn_bpe(template, vocab_size - len(QWEN_SPECIAL_TOKENS) - len(alphabet))
+    merges = _learn_bpe(template, vocab_size - len(QWEN_SPECIAL_TOKENS) - len(alphabet), corpus=corpus)
     vocab = {t: i for i, t in enumerate(alphabet + [a + b for a, b in merges])}
     tok = Qwen2Tokenizer(
         vocab=vocab,
