@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--noise-level", type=float, default=0.0, help="0 = deterministic (ODE); >0 = Flow-GRPO SDE")
     p.add_argument("--guidance", type=float, default=3.5)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-sequence-length", type=int, default=512,
+                   help="T5 tokens; use the length the model was trained with (tiny-pretrained: 96)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = FluxSamplerConfig(
         model=args.model, resolution=args.resolution, num_steps=args.steps, noise_level=args.noise_level,
         guidance=args.guidance, group_size=k, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-        device=args.device,
+        device=args.device, max_sequence_length=args.max_sequence_length,
     )
     sampler = FluxSampler(cfg)
     if args.lora:

@@ -11,25 +11,37 @@ pretrained backbone exactly as the paper does.
 One training example = one rendered scene and one chat turn, the answer written in the assistant turn:
 
     <system> <user> [image] Describe each object and answer the questions. <assistant>
-     the red circle at x 37 y 05 size 14. the blue square at x 71 y 40 size 21. ...      (grounding)
-     is the blue square right of the red circle? yes is the red circle bigger than ... no  (spatial QA)
+     the red circle at x37 y05 size14. the blue square at x71 y40 size21. ...           (grounding)
+     is the blue square right of the red circle? yes is the red circle bigger than ... no  (spatial questions)
 
-Only the answer tokens are trained (the shape word after the colour, the coordinate and size digits as
-percent of the canvas, measured on the visible pixels, and yes/no), so every token of signal is a fact
-about the image. Questions are asked only about relations that are decisive in the world's own sense
-(`data_pipeline.world.decisive_facts`), half of them true and half turned into their converse (false).
+Only answer tokens are trained: each object's colour (which one comes next in the list), its shape, centroid
+and visible size as two-digit percentages of the canvas, and the answers. Questions are asked only about
+relations that are decisive in the world's own sense (`data_pipeline.world.decisive_facts`), half of them
+true; `question_style=which` asks "which is further left, the red circle or the blue square? the red" instead.
 The phrasings here are a small set of our own, not the dataset's prompt templates.
 
-Curriculum and mixture: every batch mixes scenes from the easy world (`configs/dataset_easy.yaml`, 64 px,
-2-3 objects) and the paper-like default world (`configs/dataset_default.yaml`, 128 px); the default world's
-object count ramps from 2 up to its maximum over the first part of training. Some images are slightly blurred,
-so that the reward model built on this backbone copes with a toy generator's soft renderings.
+Per-image-token objectives (logit lens: the LM head applied to an image token's hidden state after a given
+number of decoder layers) stand in for the vision encoder's own pretraining, which a real Qwen2.5-VL had:
+- patch loss (on by default, on the image embeddings entering the LM): each image token names the colours,
+  shapes and background in its 28x28 region. With tied embeddings this puts image tokens and words in one
+  space, so "the red ..." can find the red token by similarity (otherwise text did not bind to the image
+  at all within our budget).
+- position loss (optional): each image token names its grid row and column.
+- relation loss (optional): each object's tokens name the colours of the objects right of it / below it.
 
-The model is a stock `Qwen2_5_VLForConditionalGeneration` built from a config (larger than the test fixture:
-about 2M parameters, 168 px -> 36 image tokens), with a byte-level BPE tokenizer learned here on spatial
-scene text (so every word of the world's prompts is one token, as in a real 150k vocabulary) and the stock
-Qwen2.5-VL processor, saved with `save_pretrained` in the Hugging Face layout (weights in float16).
-Every processor key goes to the model (mm_token_type_ids included: M-RoPE needs it).
+Curriculum and mixture: easy-world scenes only (`configs/dataset_easy.yaml`, 64 px, 2-3 big objects) at first;
+then the paper-like default world (`configs/dataset_default.yaml`, 128 px) comes in with its object count
+ramping from 2 to its maximum. Some images are slightly blurred, so that a reward model built on this backbone
+copes with a toy generator's soft renderings.
+
+The model is a stock `Qwen2_5_VLForConditionalGeneration` built from a config (the shipped one: 1.5M
+parameters, 168 px -> 36 image tokens, tied embeddings, M-RoPE theta 1000 with sections [1, 3, 12] because
+Qwen's theta 1e6 leaves the width section no usable frequency on a 6-token-wide image), with a byte-level BPE
+tokenizer learned here on spatial scene text (every word of the world's prompts is one token, as in a real
+150k vocabulary) and the stock Qwen2.5-VL processor, saved with `save_pretrained` in the Hugging Face layout
+(weights in float16). Every processor key goes to the model (mm_token_type_ids included: M-RoPE needs it).
+What it learned and what it did not (relation questions stayed at chance):
+assets/tiny-pretrained/qwen2_5_vl/RECIPE.md.
 
 Run: `python -m jobs.pretrain_backbone --config configs/backbone_tiny.yaml --out DIR`.
 Tests: `.venv/bin/python -m pytest tests/test_pretrain_backbone.py -q`.
@@ -52,7 +64,7 @@ import torch
 import yaml
 from PIL import Image, ImageFilter
 
-from data_pipeline.relations import AXIS, CONVERSE, RELATION_TYPES
+from data_pipeline.relations import AXIS, CONVERSE
 from data_pipeline.world import PALETTE, WorldConfig, decisive_facts, render, render_labels, sample_scene
 from spatialrl.config import ConfigError, dump_yaml, load_config
 
@@ -123,14 +135,16 @@ class BackboneModelConfig:
 
     def validate(self) -> None:
         if self.image_size < 28 or self.image_size % 28:
-            raise ConfigError(f"model.image_size={self.image_size}: use a multiple of 28 (patch 14 x merge 2), e.g. 168")
+            raise ConfigError(
+                f"model.image_size={self.image_size}: use a multiple of 28 (patch 14 x merge 2), e.g. 168")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 8:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} / num_heads={self.num_heads}: the head size must be a "
                 f"multiple of 8 (M-RoPE splits it into three sections); e.g. hidden 128 with 4 heads"
             )
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.num_kv_heads}")
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.num_kv_heads}")
         if self.vision_hidden_size % self.vision_heads or (self.vision_hidden_size // self.vision_heads) % 4:
             raise ConfigError(
                 f"model.vision_hidden_size={self.vision_hidden_size} / vision_heads={self.vision_heads}: the head "
@@ -148,7 +162,8 @@ class BackboneModelConfig:
         if self.rope_theta <= 1:
             raise ConfigError(f"model.rope_theta={self.rope_theta}: use a base > 1 (Qwen2.5-VL: 1e6)")
         if self.vocab_size < 512:
-            raise ConfigError(f"model.vocab_size={self.vocab_size}: use at least 512 (256 byte tokens + merges + specials)")
+            raise ConfigError(
+                f"model.vocab_size={self.vocab_size}: use at least 512 (256 byte tokens + merges + specials)")
 
 
 @dataclass
@@ -178,7 +193,8 @@ class PretrainDataConfig:
 
     def validate(self) -> None:
         if len(self.ramp) != 2 or not 0.0 <= self.ramp[0] <= self.ramp[1] <= 1.0:
-            raise ConfigError(f"data.ramp={self.ramp}: give [start, end] fractions of the steps, 0 <= start <= end <= 1")
+            raise ConfigError(
+                f"data.ramp={self.ramp}: give [start, end] fractions of the steps, 0 <= start <= end <= 1")
         for name in ("easy_fraction", "synonym_prob", "blur_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -194,7 +210,8 @@ class PretrainDataConfig:
             raise ConfigError(f"data.blur_radius={self.blur_radius}: give [min, max] with 0 <= min <= max")
         for name in ("world_preset", "easy_world_preset"):
             if not _repo_path(getattr(self, name)).is_file():
-                raise ConfigError(f"data.{name}={getattr(self, name)!r} does not exist; point it at a configs/dataset_*.yaml")
+                raise ConfigError(
+                    f"data.{name}={getattr(self, name)!r} does not exist; point it at a configs/dataset_*.yaml")
 
 
 @dataclass
@@ -230,7 +247,8 @@ class PretrainConfig:
         if self.warmup_steps < 0 or self.eval_scenes < 0:
             raise ConfigError("warmup_steps and eval_scenes must be >= 0")
         d = self.data
-        for name, layers in (("patch_loss_layer", [d.patch_loss_layer]), ("position_loss_layer", [d.position_loss_layer]),
+        for name, layers in (("patch_loss_layer", [d.patch_loss_layer]),
+                             ("position_loss_layer", [d.position_loss_layer]),
                              ("relation_loss_layers", d.relation_loss_layers)):
             if any(not 0 <= layer <= self.model.num_layers for layer in layers):
                 raise ConfigError(
@@ -238,7 +256,8 @@ class PretrainConfig:
                     f"[0, model.num_layers={self.model.num_layers}]"
                 )
         if len(d.relation_loss_layers) != 2:
-            raise ConfigError(f"data.relation_loss_layers={d.relation_loss_layers}: give two layers (right-of set, below set)")
+            raise ConfigError(
+                f"data.relation_loss_layers={d.relation_loss_layers}: give two layers (right-of set, below set)")
         if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"save_dtype={self.save_dtype!r}: use one of {list(SAVE_DTYPES)}")
 
@@ -276,7 +295,8 @@ def backbone_corpus() -> list[str]:
     for template in prompts.INTROS + prompts.COUNT_INTROS + prompts.LEFTOVER:
         for bg in BACKGROUNDS:
             lines.append(template.format(bg=bg, objects="a red circle and a blue square", n="three", N="Three"))
-    lines += [w.format(c0=a, c1=b) for ws in prompts.BG_WORDS.values() for w in ws for a, b in zip(BACKGROUNDS, list(BACKGROUNDS)[1:])]
+    bg_pairs = list(zip(BACKGROUNDS, list(BACKGROUNDS)[1:]))
+    lines += [w.format(c0=a, c1=b) for ws in prompts.BG_WORDS.values() for w in ws for a, b in bg_pairs]
     lines += prompts.LINKS + prompts.OUTROS + prompts.NUMBER_WORDS
     from data_pipeline.reader import REWARD_INSTRUCTION
 
@@ -565,27 +585,20 @@ def answer_logits(model, batch: dict[str, torch.Tensor], hidden: torch.Tensor | 
     return model.lm_head(hidden[:, :-1][where]), targets[where]
 
 
-def backbone_hidden(model, batch: dict[str, torch.Tensor], layer: int | None = None):
-    """Last hidden states [B, L, H] of the backbone, fed every processor key of the batch; with `layer`, also
-    the hidden states after that many decoder layers (0 = the input embeddings, image features included)."""
+def backbone_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Last hidden states [B, L, H] of the backbone, fed every processor key of the batch."""
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
-    out = model.model(**inputs, use_cache=False, return_dict=True, output_hidden_states=layer is not None)
-    return out.last_hidden_state if layer is None else (out.last_hidden_state, out.hidden_states[layer])
+    return model.model(**inputs, use_cache=False, return_dict=True).last_hidden_state
 
 
-def patch_loss(model, batch: dict[str, torch.Tensor], hidden: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the LM head at each image token against what its region holds (`patch_targets`).
-
-    Stands in for the vision encoder's own pretraining (a real Qwen2.5-VL's ViT is trained before and with
-    the language model on huge data): every image token gets a direct, dense target, so colours and shapes
-    become readable in the image tokens without first learning which text token should look where.
-    """
+def word_set_loss(model, batch, hidden: torch.Tensor, target: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of the LM head at each image token (logit lens, after the final norm) against a
+    distribution over `word_ids` ([B, T, W], tokens in the processor's raster order); all-zero rows are skipped."""
     image = batch["input_ids"] == model.config.image_token_id  # [B, L]
-    target = batch["patch_targets"]  # [B, T, W]
-    h = hidden[image].view(target.shape[0], target.shape[1], -1)  # [B, T, H], raster order
-    h = model.model.language_model.norm(h)  # the final norm before the LM head (a no-op difference for the last layer)
-    logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)[..., word_ids]  # [B, T, W]
-    return -(target * logp).sum(-1).mean()
+    h = hidden[image].view(target.shape[0], target.shape[1], -1)  # [B, T, H]
+    logp = torch.log_softmax(model.lm_head(model.model.language_model.norm(h)).float(), dim=-1)[..., word_ids]
+    rows = target.sum(-1) > 0  # [B, T]
+    return -(target * logp).sum(-1)[rows].mean() if rows.any() else hidden.sum() * 0
 
 
 class SceneStream:
@@ -701,7 +714,8 @@ def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder
     loss = torch.nn.functional.cross_entropy(logits.float(), targets)  # [T, V] vs [T]
     parts = {"loss/text": loss.item()}
     if data.patch_loss_weight > 0:
-        patch = patch_loss(model, batch, out.hidden_states[data.patch_loss_layer], encoder.patch_word_ids)
+        patch = word_set_loss(model, batch, out.hidden_states[data.patch_loss_layer], batch["patch_targets"],
+                              encoder.patch_word_ids)
         parts["loss/patch"] = patch.item()
         loss = loss + data.patch_loss_weight * patch
     if data.relation_loss_weight > 0:
@@ -714,16 +728,6 @@ def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder
         parts["loss/position"] = pos.item()
         loss = loss + data.position_loss_weight * pos
     return loss, parts
-
-
-def word_set_loss(model, batch, hidden: torch.Tensor, target: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
-    """Soft cross-entropy of the LM head (logit lens) at image tokens against a distribution over `word_ids`
-    ([B, T, W]); rows that are all zero are skipped."""
-    image = batch["input_ids"] == model.config.image_token_id  # [B, L]
-    h = hidden[image].view(target.shape[0], target.shape[1], -1)  # [B, T, H]
-    logp = torch.log_softmax(model.lm_head(model.model.language_model.norm(h)).float(), dim=-1)[..., word_ids]
-    rows = target.sum(-1) > 0  # [B, T]
-    return -(target * logp).sum(-1)[rows].mean() if rows.any() else hidden.sum() * 0
 
 
 def position_loss(model, batch: dict[str, torch.Tensor], hidden: torch.Tensor, encoder: ExampleEncoder) -> torch.Tensor:
@@ -809,7 +813,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
                    "elapsed_s": round(elapsed, 1),
                    "scenes_per_s": window["scenes"] / (time.time() - window["t"])}
             _append(out / LOG_FILE, row)
-            log(f"step {done}/{cfg.steps} " + " ".join(f"{k} {row[k]:.4f}" for k in parts) + f" lr {row['lr']:.2e} objects<= {row['max_objects']} "
+            losses = " ".join(f"{k} {row[k]:.4f}" for k in parts)
+            log(f"step {done}/{cfg.steps} {losses} lr {row['lr']:.2e} objects<= {row['max_objects']} "
                 f"{row['scenes_per_s']:.1f} scenes/s {elapsed:.0f} s")
             window = {"steps": 0, "scenes": 0, "t": time.time()}
         if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -856,5 +861,6 @@ def _load_resume(folder: Path, model, optimizer) -> tuple[int, float]:
 
 __all__ = [
     "BackboneModelConfig", "PretrainDataConfig", "PretrainConfig", "build_backbone", "save_backbone",
-    "scene_example", "ExampleEncoder", "SceneStream", "evaluate", "eval_examples", "pretrain", "RELATION_TYPES",
+    "scene_example", "ExampleEncoder", "SceneStream", "evaluate", "eval_examples", "pretrain", "patch_targets",
+    "relation_targets", "pretrain_loss", "load_world_preset",
 ]

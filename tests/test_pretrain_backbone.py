@@ -32,8 +32,9 @@ from spatialrl.config import ConfigError, load_config
 MICRO = [
     "--set", "model.image_size=56", "--set", "model.hidden_size=32", "--set", "model.num_layers=1",
     "--set", "model.num_heads=2", "--set", "model.num_kv_heads=1", "--set", "model.intermediate_size=64",
-    "--set", "model.mrope_section=[2,3,3]", "--set", "data.relation_loss_weight=0.5", "--set", "data.position_loss_weight=0.5",
-    "--set", "data.position_loss_layer=1", "--set", "data.relation_loss_layers=[1,1]",
+    "--set", "model.mrope_section=[2,3,3]", "--set", "data.relation_loss_weight=0.5",
+    "--set", "data.position_loss_weight=0.5", "--set", "data.position_loss_layer=1",
+    "--set", "data.relation_loss_layers=[1,1]", "--set", "data.question_style=which",
     "--set", "model.vision_hidden_size=16", "--set", "model.vision_heads=2", "--set", "model.vision_depth=1",
     "--set", "model.vision_intermediate_size=32", "--set", "steps=3", "--set", "batch_size=2",
     "--set", "eval_every=3", "--set", "eval_scenes=2", "--set", "log_every=1", "--set", "warmup_steps=1",
@@ -86,8 +87,8 @@ def test_patch_targets_by_hand():
     """A 56 px canvas, one red square filling the top-left 28x28 block exactly, and half of the next one."""
     from data_pipeline.world import Background, Obj, Scene
 
-    scene = Scene(56, [Obj("red", "square", "large", 28, 14, 14)], Background("solid", ("white", "white"), 0, (0.5, 0.5)),
-                  [0], set())
+    background = Background("solid", ("white", "white"), 0, (0.5, 0.5))
+    scene = Scene(56, [Obj("red", "square", "large", 28, 14, 14)], background, [0], set())
     labels = np.zeros((56, 56), dtype=np.uint8)
     labels[0:28, 0:28] = 1
     labels[28:56, 28:42] = 1
@@ -161,5 +162,6 @@ def test_reward_model_builds_on_the_shipped_backbone(shipped):
 
     scorer = SpatialScorer(model, load_processor("tiny-pretrained", size), device="cpu")
     pair = make_pair(0, 0, "test", WorldConfig())
-    scores = scorer.score([pair["prompt"]] * 2, [decode_image(pair["chosen_image"]), decode_image(pair["rejected_image"])])
+    images = [decode_image(pair["chosen_image"]), decode_image(pair["rejected_image"])]
+    scores = scorer.score([pair["prompt"]] * 2, images)
     assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]
