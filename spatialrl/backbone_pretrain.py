@@ -235,8 +235,14 @@ class PretrainConfig:
     eval_scenes: int = 200  # fresh held-out scenes per world for the periodic evaluation
     checkpoint_every: int = 250  # resumable state in OUT/resume (removed when the run finishes)
     save_dtype: str = "float16"  # storage dtype of the final weights ("float16", "bfloat16" or "float32")
+    # Continue from a pretrained backbone folder (e.g. assets/tiny-pretrained/qwen2_5_vl: its weights, tokenizer and
+    # processor; `model` must describe the same architecture) instead of random weights. "" = random init.
+    init_from: str = ""
 
     def validate(self) -> None:
+        if self.init_from and not (_repo_path(self.init_from) / "config.json").is_file():
+            raise ConfigError(f"init_from={self.init_from!r} has no config.json: point it at a backbone folder "
+                              f"written by this job (e.g. assets/tiny-pretrained/qwen2_5_vl), or leave it empty")
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: use a value >= 1")
@@ -356,6 +362,25 @@ def build_backbone(cfg: BackboneModelConfig, seed: int = 0):
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     return model, processor
+
+
+def load_backbone(folder: str, cfg: BackboneModelConfig):
+    """A backbone saved by this job, as float32 `(model, processor)`, checked against `cfg`'s architecture."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spatialrl.models.loader import load_vl_processor
+
+    path = _repo_path(folder)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32)
+    text = model.config.text_config
+    found = {"hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers,
+             "vision_depth": model.config.vision_config.depth}
+    wanted = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "vision_depth": cfg.vision_depth}
+    if found != wanted:
+        raise ConfigError(f"init_from={folder}: its architecture {found} differs from the config's model {wanted}; "
+                          f"use the model section it was trained with (its pretrain_config.yaml)")
+    pixels = cfg.image_size**2
+    return model, load_vl_processor(str(path), min_pixels=pixels, max_pixels=pixels)
 
 
 def save_backbone(model, processor, out_dir: str | os.PathLike, dtype: str = "float16") -> Path:
@@ -768,7 +793,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
     if from_scratch and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_backbone(cfg.model, seed=cfg.seed)
+    model, processor = load_backbone(cfg.init_from, cfg.model) if cfg.init_from else build_backbone(cfg.model, cfg.seed)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )

@@ -60,6 +60,19 @@ def test_job_runs_a_micro_config_and_saves_a_loadable_model(tmp_path, one_torch_
     assert not (out / "resume").exists()  # the resumable state is removed once the run has finished
     assert "done in" in capsys.readouterr().out
 
+    # init_from continues from the saved model: its first step starts from the trained weights, not random ones
+    again = tmp_path / "again"
+    assert main(["--config", "configs/backbone_tiny.yaml", "--out", str(again), *MICRO, "--set", "steps=1",
+                 "--set", "lr=1e-9", "--set", f"init_from={out}"]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["--config", "configs/backbone_tiny.yaml", "--out", str(fresh), *MICRO, "--set", "steps=1",
+                 "--set", "lr=1e-9"]) == 0
+    first = {d.name: [json.loads(x) for x in (d / "training_log.jsonl").read_text().splitlines()][0]["loss/text"]
+             for d in (again, fresh)}
+    assert first["again"] < first["fresh"], first  # 3 steps at lr 1e-3 already lowered the text loss
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config(PretrainConfig, "configs/backbone_tiny.yaml", [f"init_from={tmp_path / 'nowhere'}"])
+
 
 def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "never"
