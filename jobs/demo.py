@@ -83,18 +83,35 @@ def main(argv: list[str] | None = None) -> int:
                 ["--config", "configs/backbone_tiny.yaml", "--out", str(backbone)]))
             stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
                 ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
-        missing = [p for p in (backbone, flux) if not p.is_dir()]
-        if missing and not args.from_scratch and {backbone, flux} <= {ASSETS / "qwen2_5_vl", ASSETS / "flux"}:
-            # The shipped pretrained models are not in this checkout: run the chain on the random tiny fixtures so
-            # every stage still runs, and say plainly that the numbers then carry no signal.
+        shipped = {"qwen": ASSETS / "qwen2_5_vl", "flux": ASSETS / "flux"}
+        random_models = []
+        if not args.from_scratch:
+            # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
+            # fixture so every stage still runs, and say plainly that the numbers then carry no signal.
             from spatialrl.models.loader import resolve_model_path
 
-            backbone, flux = Path(resolve_model_path("tiny", "qwen")), Path(resolve_model_path("tiny", "flux"))
-            (out / "MODELS_ARE_RANDOM").write_text("assets/tiny-pretrained is missing; the demo ran on random tiny models\n")
-            if args.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own preset
-                args.reward_config = "configs/reward_tiny.yaml"
-            print(f"WARNING: {missing} missing: running the chain on the RANDOM tiny fixtures instead; the before/after "
-                  f"numbers carry no signal (rebuild the pretrained models with make demo-from-scratch)", flush=True)
+            if backbone == shipped["qwen"] and not backbone.is_dir():
+                backbone = Path(resolve_model_path("tiny", "qwen"))
+                random_models.append("qwen2_5_vl")
+                if args.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own
+                    args.reward_config = "configs/reward_tiny.yaml"
+            if flux == shipped["flux"] and not flux.is_dir():
+                flux = Path(resolve_model_path("tiny", "flux"))
+                random_models.append("flux")
+        (out / "MODELS_ARE_RANDOM").unlink(missing_ok=True)
+        if random_models:
+            (out / "MODELS_ARE_RANDOM").write_text(
+                f"assets/tiny-pretrained/{{{','.join(random_models)}}} missing: the demo ran on random tiny models\n")
+            print(f"WARNING: assets/tiny-pretrained/ lacks {random_models}: running the chain on RANDOM tiny fixtures "
+                  f"for them; the before/after numbers carry no signal (rebuild with make demo-from-scratch)",
+                  flush=True)
+        used = {"backbone": str(backbone), "flux": str(flux), "reward_config": args.reward_config}
+        before = json.loads((out / "models.json").read_text()) if (out / "models.json").is_file() else used
+        if before != used:  # stages built from other models must not be reused with these
+            print(f"== models changed since the last run in {out} ({before} -> {used}): redoing stages 2-4", flush=True)
+            for stale in (reward, generator, run):
+                shutil.rmtree(stale, ignore_errors=True)
+        (out / "models.json").write_text(json.dumps(used, indent=2) + "\n")
         for path in (backbone, flux):
             if not path.is_dir():
                 raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
@@ -119,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
              "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
              "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
              *[x for o in args.grpo_overrides for x in ("--set", o)]]))
-    summary = summarize(out, time.time() - t_start, random_models=(out / "MODELS_ARE_RANDOM").exists())
+    marker = out / "MODELS_ARE_RANDOM"
+    summary = summarize(out, time.time() - t_start, random_models=marker.read_text().strip() if marker.exists() else "")
     g = summary["grpo"]
     gain, se = g["verifier_gain"], g["verifier_gain_se"]
     if summary["models"] != "pretrained":
@@ -132,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(out: Path, seconds: float, random_models: bool = False) -> dict:
+def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
     v = json.loads((out / "verify.json").read_text())
     r = json.loads((out / "reward" / "eval.json").read_text())
     g = json.loads((out / "grpo" / "summary.json").read_text())
     base, final = g["base"], g["final"]
     summary = {
-        "models": "random tiny fixtures (assets/tiny-pretrained missing)" if random_models else "pretrained",
+        "models": random_models or "pretrained",
         "dataset": {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
                     "rejected_exact_violations": v["rejected_exact_violations"]},
         "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs") if k in r},
