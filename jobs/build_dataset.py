@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.world import WorldConfig
-from spatialrl.config import ConfigError, add_config_args, config_from_args, dump_yaml, to_dict
+from spatialrl.config import ConfigError, add_config_args, job_config, to_dict
 
 
 @dataclass
@@ -93,18 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(BuildDatasetConfig, args, {
-            "pairs": args.pairs, "seed": args.seed, "out": args.out, "overwrite": args.overwrite,
-            "import_file": args.import_file, "images_root": args.images_root, "on_bad_row": args.on_bad_row,
-            "num_cpus": args.num_cpus, "address": args.address,
-        })
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg))
-        return 0
+    cfg = job_config(BuildDatasetConfig, args, {
+        "pairs": args.pairs, "seed": args.seed, "out": args.out, "overwrite": args.overwrite,
+        "import_file": args.import_file, "images_root": args.images_root, "on_bad_row": args.on_bad_row,
+        "num_cpus": args.num_cpus, "address": args.address,
+    })
+    if isinstance(cfg, int):
+        return cfg
 
     from cluster.runtime import ray_session
     from data_pipeline import dataset_io

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from cluster.resources import RoleResources
-from spatialrl.config import ConfigError, add_config_args, config_from_args, dump_yaml
+from spatialrl.config import ConfigError, add_config_args, dump_yaml, job_config
 from spatialrl.flux_sampler import FluxSamplerConfig
 from spatialrl.grpo_learner import GRPOLearnerConfig
 from spatialrl.rewards import RewardConfig
@@ -128,16 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete --out first")
     args = parser.parse_args(argv)
+    cfg = job_config(GRPOJobConfig, args)  # a dry run returns here: it must not create or delete --out
+    if isinstance(cfg, int):
+        return cfg
     try:
-        cfg = config_from_args(GRPOJobConfig, args)
-        if not args.dry_run:  # a dry run only validates and prints: it must not create or delete --out
-            prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        print(dump_yaml(cfg))
-        return 0
 
     from cluster.runtime import ray_session
     from spatialrl.grpo_controller import GRPOController

@@ -21,7 +21,7 @@ import sys
 import time
 
 from spatialrl.backbone_pretrain import PretrainConfig, pretrain
-from spatialrl.config import ConfigError, add_config_args, config_from_args, dump_yaml
+from spatialrl.config import add_config_args, job_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (the pretrained model in the Hugging Face layout)")
     parser.add_argument("--from-scratch", action="store_true", help="delete --out and start from random weights")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(PretrainConfig, args, {"out": args.out})
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg))
-        return 0
+    cfg = job_config(PretrainConfig, args, {"out": args.out})
+    if isinstance(cfg, int):
+        return cfg
     t0 = time.time()
     metrics = pretrain(cfg, cfg.out, from_scratch=args.from_scratch)
     summary = ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()

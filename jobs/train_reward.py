@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.reader import ReaderConfig
-from spatialrl.config import ConfigError, add_config_args, config_from_args, dump_yaml
+from spatialrl.config import ConfigError, add_config_args, dump_yaml, job_config
 from spatialrl.reward_model import RewardModelConfig
 
 RUN_NAME = "train_reward"
@@ -76,6 +76,8 @@ class TrainRewardConfig:
             )
         if self.workers < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("workers, batch_size and epochs must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr={self.lr}: use a learning rate in (0, 1), e.g. 1e-4 (LoRA) or 1e-5 (full fine-tune)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out; --overwrite deletes it: choose one")
 
@@ -305,17 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address")
     parser.add_argument("--num-cpus", type=int)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(TrainRewardConfig, args, {
-            "data": args.data, "out": args.out, "workers": args.workers, "resume": args.resume,
-            "overwrite": args.overwrite, "address": args.address, "num_cpus": args.num_cpus,
-        })
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg))
-        return 0
+    cfg = job_config(TrainRewardConfig, args, {
+        "data": args.data, "out": args.out, "workers": args.workers, "resume": args.resume,
+        "overwrite": args.overwrite, "address": args.address, "num_cpus": args.num_cpus,
+    })
+    if isinstance(cfg, int):
+        return cfg
     from cluster.runtime import ray_session
 
     t0 = time.time()

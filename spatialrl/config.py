@@ -13,6 +13,7 @@ the fix. `--dry-run` prints the resolved config as YAML and exits 0.
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import types
 import typing
@@ -227,6 +228,20 @@ def config_from_args(cls: type[T], args: argparse.Namespace, extra: dict[str, An
         if value is not None:
             overrides.insert(0, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     return load_config(cls, args.config, overrides)
+
+
+def job_config(cls: type[T], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> T | int:
+    """A job's resolved config, or the exit code when the job should stop here: 2 after printing the config
+    error to stderr, 0 after printing the resolved config for `--dry-run` (which writes nothing)."""
+    try:
+        cfg = config_from_args(cls, args, extra)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_yaml(cfg))
+        return 0
+    return cfg
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -1,5 +1,7 @@
 """Unit tier: typed configs, YAML presets, dotted overrides, clear errors, --dry-run."""
 
+import re
+
 import pytest
 
 from jobs.build_dataset import BuildDatasetConfig, main
@@ -55,3 +57,16 @@ def test_dry_run_prints_the_resolved_config(capsys):
 def test_bad_override_exits_2(capsys):
     assert main(["--set", "world.canvas=7", "--dry-run"]) == 2
     assert "world.canvas=7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, match", [
+    ("lr=-1", r"lr=-1\.0: use a learning rate in \(0, 1\)"),
+    ("reader.image_size=140", "reader.image_size=140"),
+    ("workers=0", "workers, batch_size and epochs must be >= 1"),
+])
+def test_train_reward_rejects_bad_values_before_starting_ray(override, match, capsys):
+    from jobs.train_reward import main as train_reward
+
+    assert train_reward(["--config", "configs/reward_tiny.yaml", "--data", "/nowhere", "--out", "/tmp/never",
+                         "--set", override]) == 2
+    assert re.search(match, capsys.readouterr().err)
