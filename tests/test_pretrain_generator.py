@@ -1,0 +1,150 @@
+"""jobs.pretrain_generator and the shipped toy generator (assets/tiny-pretrained/flux). Unit tier: no Ray."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spatialrl.config import ConfigError, load_config
+from spatialrl.generator_pretrain import (
+    GeneratorPretrainConfig,
+    TransformerConfig,
+    build_t5_tokenizer,
+    load_world_preset,
+    sample_sigmas,
+    world_corpus,
+)
+
+TOY = "configs/generator_toy.yaml"
+# Every stage, a few steps each, on a handful of images: the same code path as the shipped recipe.
+MICRO = [
+    "data.num_images=12", "data.eval_images=2", "text.max_sequence_length=32",
+    "vae.block_out_channels=[8,8,8]", "vae.steps=2", "vae.batch_size=4", "vae.min_presence=0",
+    "transformer.num_layers=1", "transformer.num_single_layers=1", "transformer.attention_head_dim=16",
+    "transformer.num_attention_heads=2", "transformer.axes_dims_rope=[4,6,6]", "transformer.steps=2",
+    "transformer.batch_size=4", "transformer.warmup_steps=1", "sample_check.prompts=1", "sample_check.num_steps=1",
+    "sample_check.noise_levels=[0.7]", "log_every=1",
+]
+
+
+def _sets(overrides):
+    return [arg for kv in overrides for arg in ("--set", kv)]
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    from jobs.pretrain_generator import main
+
+    assert main(["--config", TOY, "--out", "/nonexistent/never-written", "--dry-run",
+                 "--set", "transformer.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "max_sequence_length: 96" in out and "world_preset: configs/dataset_easy.yaml" in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ("transformer.axes_dims_rope=[8,8,8]", "axes_dims_rope"),  # does not sum to attention_head_dim
+    ("vae.block_out_channels=[12,16]", "block_out_channels"),  # not a multiple of norm_num_groups
+    ("data.world_preset=configs/nope.yaml", "world_preset"),
+    ("save_dtype=int8", "save_dtype"),
+    ("transformer.lr=fast", "transformer.lr"),
+    ("transformer.cond_dropout=1.0", "cond_dropout"),
+])
+def test_bad_config_values_are_config_errors(override, key, capsys):
+    with pytest.raises(ConfigError, match=key):
+        load_config(GeneratorPretrainConfig, TOY, [override])
+    from jobs.pretrain_generator import main
+
+    assert main(["--config", TOY, "--dry-run", "--set", override]) == 2
+    assert "config error" in capsys.readouterr().err
+
+
+def test_training_times_follow_the_samplers_shift():
+    # t = e^mu / (e^mu + 1/s - 1) with s = sigmoid(logit_mean) when logit_std -> 0: s = 0.5, e^mu = 2 gives 2/3.
+    cfg = TransformerConfig(logit_mean=0.0, logit_std=1e-9)
+    t = sample_sigmas(4, cfg, math.log(2.0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, torch.full((4,), 2 / 3), rtol=0, atol=1e-6)
+    wide = sample_sigmas(10000, TransformerConfig(), 0.4675, torch.Generator().manual_seed(0))
+    assert 0 < float(wide.min()) and float(wide.max()) < 1 and 0.55 < float(wide.mean()) < 0.62  # shifted up from 0.5
+
+
+def test_t5_tokenizer_has_every_prompt_word_as_one_token():
+    from data_pipeline.pairs import make_pair
+
+    tok = build_t5_tokenizer(world_corpus())
+    world = load_world_preset("configs/dataset_easy.yaml")
+    prompts = [make_pair(i, 0, "test", world)["prompt"] for i in range(60)]
+    char_pieces = {p for p in tok.get_vocab() if len(p.lstrip("\u2581")) == 1 and p.lstrip("\u2581").isalpha()}
+    for prompt in prompts:
+        pieces = tok.tokenize(prompt)
+        assert not [p for p in pieces if p in char_pieces and p not in ("\u2581a", "\u2581A")], prompt
+    lengths = [len(tok(p).input_ids) for p in prompts]
+    assert max(lengths) <= 96  # text.max_sequence_length of the toy preset
+
+
+def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thread, capsys):
+    from diffusers import FluxPipeline
+
+    from jobs.pretrain_generator import main
+
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "RECIPE.md").write_text("kept")
+    assert main(["--config", TOY, "--out", str(out), *_sets(MICRO)]) == 0
+    assert (out / "RECIPE.md").read_text() == "kept"
+    stages = [json.loads(line)["stage"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    for stage in ("data", "vae", "vae_check", "encode", "transformer", "saved", "sample_check"):
+        assert stage in stages
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["vae_recon"]) >= {"object_presence", "relation_accuracy"}
+
+    pipe = FluxPipeline.from_pretrained(out)
+    assert pipe.vae_scale_factor == 4 and pipe.transformer.dtype == torch.float32
+    assert pipe.transformer.config.guidance_embeds and pipe.scheduler.config.use_dynamic_shifting
+    assert pipe.vae.config.scaling_factor != 1.0  # the fitted normalisation is in the config
+    image = pipe("a red circle to the left of a blue square", height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=32, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+    # A second run into the same folder must not silently mix two generators.
+    assert main(["--config", TOY, "--out", str(out), *_sets(MICRO)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "flux"
+
+
+# Not shipped yet: no recipe has reached the object presence the demo needs (see generator_pretrain's docstring).
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="assets/tiny-pretrained/flux not shipped")
+def test_shipped_generator_loads_and_draws_64px_images(one_torch_thread):
+    from spatialrl.models.loader import load_flux_pipeline
+
+    pipe = load_flux_pipeline("tiny-pretrained")
+    assert pipe.vae_scale_factor in (4, 8) and pipe.transformer.config.guidance_embeds
+    assert sum(p.numel() for p in pipe.transformer.parameters()) <= 2_000_000
+    assert all(p.dtype == torch.float32 for p in pipe.transformer.parameters())  # float16 on disk, float32 here
+    image = pipe("A flat illustration on a plain white background showing a red circle and a blue square. "
+                 "The red circle is to the left of the blue square.", height=64, width=64, num_inference_steps=4,
+                 max_sequence_length=96, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3)
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05  # a picture, not a flat field
+
+
+def test_verifier_scores_tell_a_wrong_shape_from_a_missing_colour():
+    from PIL import Image, ImageDraw
+
+    from data_pipeline.world import PALETTE, draw_shape
+    from spatialrl.generator_pretrain import verifier_scores
+
+    img = Image.new("RGB", (64, 64), (205, 205, 205))
+    draw = ImageDraw.Draw(img)
+    draw_shape(draw, "square", 16, 32, 18, PALETTE["red"])  # red is there, but as a square, not the named circle
+    draw_shape(draw, "triangle", 48, 32, 18, PALETTE["green"])  # right colour and shape; blue is missing
+    objects = [{"colour": "red", "shape": "circle"}, {"colour": "green", "shape": "triangle"},
+               {"colour": "blue", "shape": "square"}]
+    relations = [{"subject": 1, "type": "right_of", "object": 0}]
+    scores = verifier_scores(np.asarray(img)[None], [{"objects": objects, "relations": relations}])
+    assert scores["object_presence"] == pytest.approx(1 / 3)  # only the green triangle
+    assert scores["colour_found"] == pytest.approx(2 / 3)  # red and green are drawn, blue is not
+    assert scores["relation_accuracy"] == 1.0 and scores["all_correct"] == 0.0
