@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from spatialrl.config import ConfigError, add_config_args, config_from_args, dump_yaml
+from spatialrl.config import add_config_args, job_config
 from spatialrl.generator_pretrain import PIPELINE_FILES, PIPELINE_PARTS, GeneratorPretrainConfig, pretrain
 
 OUTPUTS = PIPELINE_FILES + ("train_log.jsonl", "summary.json")
@@ -45,14 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     parser.add_argument("--overwrite", action="store_true", default=None)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(GeneratorPretrainConfig, args, {"out": args.out, "overwrite": args.overwrite})
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_yaml(cfg))
-        return 0
+    cfg = job_config(GeneratorPretrainConfig, args, {"out": args.out, "overwrite": args.overwrite})
+    if isinstance(cfg, int):  # a config error (2) or a dry run (0)
+        return cfg
 
     out = Path(cfg.out)
     try:
