@@ -143,7 +143,7 @@ class GRPOController:
         if self.eval_rows:
             evals["final"] = self.evaluate(version=self.version, state_ref=self.state_ref)
             self._write_json("eval.json", evals)
-        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", reward_name=self.cfg.reward.source)
         summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals}
         self._write_json("summary.json", summary)
         return summary
@@ -352,7 +352,8 @@ def _progress(step: int, steps: int, row: dict) -> str:
     return " | ".join(parts)
 
 
-def plot_curves(metrics_path: Path, out_png: Path) -> None:
+def plot_curves(metrics_path: Path, out_png: Path, reward_name: str = "spatialscore") -> None:
+    """reward, verifier relation accuracy and clip fraction per step; `reward_name` = what the reward is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,7 +364,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, (key, title) in zip(axes, [("reward/mean", "reward (SpatialScore) mean"),
+    for ax, (key, title) in zip(axes, [("reward/mean", f"reward ({reward_name}) mean"),
                                        ("verifier/relation_accuracy", "verifier relation accuracy"),
                                        ("policy/clip_fraction", "clip fraction")]):
         ys = [r.get(key) for r in rows]
