@@ -2,21 +2,21 @@
 
 The output is a real diffusers FluxPipeline folder (CLIP + T5 text encoders, FlowMatchEulerDiscreteScheduler with
 dynamic shift, AutoencoderKL, guidance-embedding FluxTransformer2DModel) that `FluxPipeline.from_pretrained` loads;
-the job that runs it: `jobs/pretrain_generator.py`. It is meant to become the `tiny-pretrained` Flux
-(`assets/tiny-pretrained/flux`): the paper's starting point (FLUX.1-dev) in miniature, objects right and
-relations imperfect, for the demo's GRPO to improve.
+the job that runs it: `jobs/pretrain_generator.py`. It is the `tiny-pretrained` Flux (`assets/tiny-pretrained/flux`,
+trained from `configs/generator_toy.yaml`): the paper's starting point (FLUX.1-dev) in miniature, meant to draw the
+objects right and the relations imperfectly, for the demo's GRPO to improve.
 
-Status (measured, not reached): on 64 held-out prompts the transformer draws 2-3 coloured blobs with object
-presence 0.10-0.19 and relation accuracy 0.06-0.22 (target: presence >= 0.6-0.8), whatever was tried within
-~15 min of one CPU thread per run: 1-3.3k steps, lr 1e-3 and 3e-3, width 96 and 192, 8x (16 tokens) and 4x
-(64 tokens) VAE latents, logit_mean 0.5, 10 or 28 sampling steps, cond_dropout 0.1 with classifier-free
-guidance 3 or 6 (0.12-0.19 vs 0.11-0.14 without), and even short captions ("a pink triangle and a red
-diamond.": 0.13). The shapes are what fails: 44-55% of the named colours are drawn (`colour_found`; chance is
-~25%), but as amorphous blobs the verifier's shape templates reject. Not a train/sample mismatch: on 64
+Status (measured, target not reached): the shipped 9,000-step run draws the requested objects ~20% of the time on
+held-out prompts (object presence 0.16-0.22, relation accuracy 0.10-0.30, named colour found 0.57; target:
+presence >= 0.6-0.8); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. Shorter runs (~15 min of one
+CPU thread each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width 96 and
+192, 8x (16 tokens) and 4x (64 tokens) VAE latents, logit_mean 0.5, 10 or 28 sampling steps, cond_dropout 0.1
+with classifier-free guidance 3 or 6 (0.12-0.19 vs 0.11-0.14 without), and short captions ("a pink triangle and
+a red diamond.": 0.13). The shapes are what fails: about half of the named colours are drawn (`colour_found`;
+chance is ~25%), with soft outlines the verifier's shape templates reject. Not a train/sample mismatch: on 64
 training images with their own prompts, lr 3e-3 memorises them in 800 steps (presence 0.95 at 10 and at 28
-sampling steps; lr 1e-3 reaches only 0.14 in 400 steps), and the VAEs' reconstructions pass the verifier
-(0.97-0.99). What is left: far longer training (the flow loss still falls at 2.5-3k steps), then guidance
-distillation if CFG keeps helping. So nothing is shipped in assets/ yet.
+sampling steps), and the VAE's reconstructions pass the verifier (0.99). What is left: a longer schedule (the
+flow loss still falls at 9k steps), then guidance distillation if CFG keeps helping.
 
 Stages (each a plain function, run top to bottom by `pretrain`):
 1. data: `make_pair(i, seed, "train", world)` of `data_pipeline.pairs`, keeping the perfect image and its
@@ -129,7 +129,7 @@ class TransformerConfig:
     attention_head_dim: int = 32
     num_attention_heads: int = 3
     axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])  # sums to attention_head_dim
-    steps: int = 4000
+    steps: int = 9000
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 200

@@ -115,7 +115,7 @@ def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thr
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "flux"
 
 
-# Not shipped yet: no recipe has reached the object presence the demo needs (see generator_pretrain's docstring).
+# Skipped only in a checkout without the shipped generator.
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="assets/tiny-pretrained/flux not shipped")
 def test_shipped_generator_loads_and_draws_64px_images(one_torch_thread):
     from spatialrl.models.loader import load_flux_pipeline
