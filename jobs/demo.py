@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             if flux == shipped["flux"] and not flux.is_dir():
                 flux = Path(resolve_model_path("tiny", "flux"))
                 random_models.append("flux")
-        (out / "MODELS_ARE_RANDOM").unlink(missing_ok=True)
-        if random_models:
-            (out / "MODELS_ARE_RANDOM").write_text(
-                f"assets/tiny-pretrained/{{{','.join(random_models)}}} missing: the demo ran on random tiny models\n")
+        marker = out / "MODELS_ARE_RANDOM"
+        marker.unlink(missing_ok=True)
+        random_note = (f"assets/tiny-pretrained/{{{','.join(random_models)}}} missing: the demo ran on random tiny models"
+                       if random_models else "")
+        if random_note:
+            marker.write_text(random_note + "\n")
             print(f"WARNING: assets/tiny-pretrained/ lacks {random_models}: running the chain on RANDOM tiny fixtures "
                   f"for them; the before/after numbers carry no signal (rebuild with make demo-from-scratch)",
                   flush=True)
@@ -136,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
              "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
              "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
              *[x for o in args.grpo_overrides for x in ("--set", o)]]))
-    marker = out / "MODELS_ARE_RANDOM"
-    summary = summarize(out, time.time() - t_start, random_models=marker.read_text().strip() if marker.exists() else "")
+    summary = summarize(out, time.time() - t_start, random_models=random_note)
     g = summary["grpo"]
     gain, se = g["verifier_gain"], g["verifier_gain_se"]
     if summary["models"] != "pretrained":

@@ -1,16 +1,16 @@
 """Pretrain the toy Flux (tiny VAE + tiny FluxTransformer2DModel) on the spatial world's easy setting, on CPU.
 
-Meant to produce the `tiny-pretrained` Flux (assets/tiny-pretrained/flux): the stand-in for downloaded
-FLUX.1-dev weights, which the demo's GRPO then improves. Not there yet: the job runs end to end and saves a
-loadable pipeline, but its samples reach an object presence of only 0.10-0.17 on held-out prompts (the demo
-needs >= 0.6), so nothing is shipped; what was tried and measured: `spatialrl/generator_pretrain.py`'s docstring.
+Produces the `tiny-pretrained` Flux (assets/tiny-pretrained/flux, shipped from configs/generator_toy.yaml): the
+stand-in for downloaded FLUX.1-dev weights, which the demo's GRPO then improves. Short of its target: its samples
+draw the requested objects only ~20% of the time on held-out prompts (issue 4 asks for ~80%); recipe, numbers and
+what was tried: assets/tiny-pretrained/flux/RECIPE.md and `spatialrl/generator_pretrain.py`'s docstring.
 
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --out assets/tiny-pretrained/flux --overwrite
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --out /tmp/g --set transformer.steps=200
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --dry-run
 
 Writes into --out: the diffusers FluxPipeline folder (model_index.json, scheduler/, text_encoder/, tokenizer/,
-text_encoder_2/, tokenizer_2/, transformer/, vae/), `train_log.jsonl` (one JSON object per logged step) and
+text_encoder_2/, tokenizer_2/, transformer/, vae/), `training_log.jsonl` (one JSON object per logged step) and
 `summary.json` (timings, parameter counts, verifier numbers, the resolved config). `--overwrite` replaces
 exactly those; other files in the folder (RECIPE.md) stay. Runs in-process (no Ray): one small model, one core.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 from spatialrl.config import add_config_args, job_config
 from spatialrl.generator_pretrain import PIPELINE_FILES, PIPELINE_PARTS, GeneratorPretrainConfig, pretrain
 
-OUTPUTS = PIPELINE_FILES + ("train_log.jsonl", "summary.json")
+LOG_FILE = "training_log.jsonl"  # as jobs.pretrain_backbone names its log
+OUTPUTS = PIPELINE_FILES + (LOG_FILE, "summary.json")
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log_file = open(out / "train_log.jsonl", "w")
+    log_file = open(out / LOG_FILE, "w")
 
     def log(row: dict) -> None:
         log_file.write(json.dumps(row) + "\n")

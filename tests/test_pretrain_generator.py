@@ -93,7 +93,7 @@ def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thr
     (out / "RECIPE.md").write_text("kept")
     assert main(["--config", TOY, "--out", str(out), *_sets(MICRO)]) == 0
     assert (out / "RECIPE.md").read_text() == "kept"
-    stages = [json.loads(line)["stage"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    stages = [json.loads(line)["stage"] for line in (out / "training_log.jsonl").read_text().splitlines()]
     for stage in ("data", "vae", "vae_check", "encode", "transformer", "saved", "sample_check"):
         assert stage in stages
     summary = json.loads((out / "summary.json").read_text())
