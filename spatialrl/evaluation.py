@@ -44,7 +44,7 @@ def verify_images(rows: list[dict], images: np.ndarray, k: int) -> tuple[dict | 
     from data_pipeline.verifier import margins_for, verify
 
     margins = margins_for(images.shape[1])
-    present = holds = n_obj = n_rel = 0
+    present = holds = n_obj = n_rel = found = perfect = 0
     per_image = []
     for i, img in enumerate(images):
         row = rows[i // k]
@@ -54,10 +54,16 @@ def verify_images(rows: list[dict], images: np.ndarray, k: int) -> tuple[dict | 
         res = verify(img, row["objects"], row.get("relations") or [], margins)
         present, holds = present + sum(res.objects_present), holds + sum(res.relations_hold)
         n_obj, n_rel = n_obj + len(res.objects_present), n_rel + len(res.relations_hold)
+        found += sum(seen is not None for seen in res.shapes_seen)
+        perfect += all(res.objects_present) and res.all_hold
         per_image.append({"objects_present": res.objects_present, "relations_hold": res.relations_hold})
     summary = {
         "object_presence": present / max(n_obj, 1),
         "relation_accuracy": holds / max(n_rel, 1),
+        # named objects whose colour covers more than a speck, whatever its shape (the gap to object_presence:
+        # the right colour drawn in a shape the verifier does not recognise)
+        "colour_found": found / max(n_obj, 1),
+        "all_correct": perfect / max(len(images), 1),  # images with every object present and every relation held
         "num_images": int(len(images)),
         "num_objects": n_obj,
         "num_relations": n_rel,

@@ -254,22 +254,10 @@ def verifier_scores(images: np.ndarray, structured: list[dict]) -> dict[str, flo
     `colour_found`: the fraction of named objects whose colour covers more than a speck, whatever its shape; the
     gap to `object_presence` is objects drawn in the right colour with a shape the verifier does not recognise.
     """
-    from data_pipeline.verifier import margins_for, verify
+    from spatialrl.evaluation import verify_images
 
-    margins = margins_for(images.shape[1])
-    present = holds = n_obj = n_rel = perfect = found = 0
-    for img, s in zip(images, structured):
-        r = verify(img, s["objects"], s["relations"], margins)
-        present, holds = present + sum(r.objects_present), holds + sum(r.relations_hold)
-        found += sum(seen is not None for seen in r.shapes_seen)
-        n_obj, n_rel = n_obj + len(r.objects_present), n_rel + len(r.relations_hold)
-        perfect += all(r.objects_present) and r.all_hold
-    return {
-        "object_presence": present / max(n_obj, 1),
-        "relation_accuracy": holds / max(n_rel, 1),
-        "all_correct": perfect / max(len(images), 1),
-        "colour_found": found / max(n_obj, 1),
-    }
+    summary, _ = verify_images(structured, images, k=1)
+    return {key: summary[key] for key in ("object_presence", "relation_accuracy", "all_correct", "colour_found")}
 
 
 # ---------------------------------------------------------------------------------------------------- text
