@@ -379,8 +379,29 @@ def sample_relations(rng: np.random.Generator, scene: Scene, m: Measurements, cf
     return rels
 
 
+def load_world_preset(path: str) -> WorldConfig:
+    """The `world` section of a dataset preset (configs/dataset_*.yaml) as a validated WorldConfig; a relative
+    path is looked up from the working directory, then from the repository root."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from spatialrl.config import ConfigError, load_config
+    from spatialrl.models.loader import REPO_ROOT
+
+    p = Path(path)
+    p = p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    if not p.is_file():
+        raise ConfigError(f"world_preset={path}: no such file; use a dataset preset such as configs/dataset_easy.yaml")
+    world = (yaml.safe_load(p.read_text()) or {}).get("world", {})
+    if not isinstance(world, dict):
+        raise ConfigError(f"{path}: `world` must be a mapping")
+    return load_config(WorldConfig, None, [f"{k}={json.dumps(v)}" for k, v in world.items()])
+
+
 __all__ = [
     "PALETTE", "SHAPES", "BACKGROUNDS", "WorldConfig", "Obj", "Background",
     "Relation", "Scene", "render", "render_labels", "sample_scene", "sample_relations", "decisive_facts",
-    "layout_ok", "pixels_ok", "CONVERSE",
+    "layout_ok", "pixels_ok", "CONVERSE", "load_world_preset",
 ]

@@ -61,12 +61,13 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageFilter
 
 from data_pipeline.relations import AXIS, CONVERSE
-from data_pipeline.world import PALETTE, WorldConfig, decisive_facts, render, render_labels, sample_scene
-from spatialrl.config import ConfigError, dump_yaml, load_config
+from data_pipeline.world import (
+    PALETTE, WorldConfig, decisive_facts, load_world_preset, render, render_labels, sample_scene,
+)
+from spatialrl.config import ConfigError, dump_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Describe each object and answer the questions."
@@ -274,15 +275,6 @@ SAVE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": 
 def _repo_path(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
-
-
-def load_world_preset(path: str) -> WorldConfig:
-    """The `world` section of a dataset preset (configs/dataset_*.yaml) as a validated WorldConfig."""
-    data = yaml.safe_load(_repo_path(path).read_text()) or {}
-    world = data.get("world", {})
-    if not isinstance(world, dict):
-        raise ConfigError(f"{path}: `world` must be a mapping")
-    return load_config(WorldConfig, None, [f"{k}={json.dumps(v)}" for k, v in world.items()])
 
 
 # ------------------------------------------------------------------------------------------- model building
@@ -887,5 +879,5 @@ def _load_resume(folder: Path, model, optimizer) -> tuple[int, float]:
 __all__ = [
     "BackboneModelConfig", "PretrainDataConfig", "PretrainConfig", "build_backbone", "save_backbone",
     "scene_example", "ExampleEncoder", "SceneStream", "evaluate", "eval_examples", "pretrain", "patch_targets",
-    "relation_targets", "pretrain_loss", "load_world_preset",
+    "relation_targets", "pretrain_loss",
 ]

@@ -55,10 +55,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
+from data_pipeline import world as spatial_world
 from data_pipeline.world import WorldConfig
-from spatialrl.config import ConfigError, load_config, to_dict
+from spatialrl.config import ConfigError, to_dict
 from spatialrl.flux_math import calculate_shift, latent_image_ids, pack_latents
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -199,15 +199,8 @@ class GeneratorPretrainConfig:
 
 
 def load_world_preset(path: str) -> WorldConfig:
-    """The `world` section of a dataset preset (configs/dataset_*.yaml) as a validated WorldConfig."""
-    p = Path(path)
-    p = p if p.is_absolute() or p.exists() else REPO_ROOT / p
-    if not p.is_file():
-        raise ConfigError(f"data.world_preset={path}: no such file; use a dataset preset such as configs/dataset_easy.yaml")
-    world = (yaml.safe_load(p.read_text()) or {}).get("world", {})
-    if not isinstance(world, dict):
-        raise ConfigError(f"{path}: `world` must be a mapping")
-    cfg = load_config(WorldConfig, None, [f"{k}={json.dumps(v)}" for k, v in world.items()])
+    """`data_pipeline.world.load_world_preset`, checked for what Flux needs (a canvas divisible by 16)."""
+    cfg = spatial_world.load_world_preset(path)
     if cfg.canvas % 16:
         raise ConfigError(f"{path}: world.canvas={cfg.canvas} must be a multiple of 16")
     return cfg
