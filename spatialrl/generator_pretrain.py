@@ -65,6 +65,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
 # ------------------------------------------------------------------------------------------------- configs
 
 
@@ -190,8 +195,16 @@ class GeneratorPretrainConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     sample_check: SampleCheckConfig = field(default_factory=SampleCheckConfig)
+    # Continue from a pipeline folder written by this job (e.g. assets/tiny-pretrained/flux): its VAE (not
+    # retrained: the transformer's latents depend on it, scaling and shift factors included), its text encoders
+    # and tokenizers, and its transformer as the starting weights (a fresh optimizer, warm-up and schedule).
+    # The `vae`, `text` and transformer-architecture settings are then ignored. "" = train from scratch.
+    init_from: str = ""
 
     def validate(self) -> None:
+        if self.init_from and not (_repo_path(self.init_from) / "transformer" / "config.json").is_file():
+            raise ConfigError(f"init_from={self.init_from!r} is not a FluxPipeline folder (no transformer/config.json): "
+                              "point it at a folder this job wrote (e.g. assets/tiny-pretrained/flux), or leave it empty")
         if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"save_dtype={self.save_dtype!r}: choose one of {list(SAVE_DTYPES)}")
         if self.num_threads < 1 or self.log_every < 1:
@@ -599,6 +612,20 @@ def save_pipeline(out_dir: Path, *, vae, transformer, clip, clip_tokenizer, t5, 
     return out_dir
 
 
+def load_pipeline_parts(folder: Path, canvas: int) -> dict[str, Any]:
+    """The components of a pipeline folder this job wrote, float32 and trainable where they were trained."""
+    from spatialrl.models.loader import load_flux_pipeline
+
+    pipe = load_flux_pipeline(str(folder))
+    if pipe.vae.config.sample_size != canvas:
+        raise ConfigError(f"init_from={folder}: its VAE was trained at {pipe.vae.config.sample_size} px, the world draws "
+                          f"{canvas} px images")
+    for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
+        m.requires_grad_(False).eval()
+    return {"clip": pipe.text_encoder, "clip_tokenizer": pipe.tokenizer, "t5": pipe.text_encoder_2,
+            "t5_tokenizer": pipe.tokenizer_2, "vae": pipe.vae, "transformer": pipe.transformer.requires_grad_(True)}
+
+
 def folder_mb(path: Path) -> float:
     """Size of the pipeline's weights and configs (the subfolders), in MB."""
     return sum(f.stat().st_size for d in PIPELINE_PARTS for f in (Path(path) / d).rglob("*") if f.is_file()) / 1e6
@@ -669,10 +696,15 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
     log({"stage": "data", "train_images": len(train.prompts), "eval_images": len(held.prompts), **clock.stop("data")})
 
     clock.start()
-    clip, clip_tok, t5, t5_tok = build_text_encoders(cfg.text, cfg.seed)
-    vae = build_vae(cfg.vae, world.canvas, cfg.seed)
     pixels = to_pixels(train.images)  # [N, 3, H, W]
-    vae = train_vae(vae, pixels, cfg.vae, cfg.seed, log, cfg.log_every)
+    start = None
+    if cfg.init_from:
+        start = load_pipeline_parts(_repo_path(cfg.init_from), world.canvas)
+        clip, clip_tok, t5, t5_tok, vae = (start[k] for k in ("clip", "clip_tokenizer", "t5", "t5_tokenizer", "vae"))
+        log({"stage": "init_from", "path": str(_repo_path(cfg.init_from))})
+    else:
+        clip, clip_tok, t5, t5_tok = build_text_encoders(cfg.text, cfg.seed)
+        vae = train_vae(build_vae(cfg.vae, world.canvas, cfg.seed), pixels, cfg.vae, cfg.seed, log, cfg.log_every)
     _round_trip(vae, save_dtype)
     summary["vae_recon"] = verifier_scores(reconstruct(vae, to_pixels(held.images)), held.structured)
     summary["vae_params"] = sum(p.numel() for p in vae.parameters())
@@ -685,7 +717,10 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
 
     clock.start()
     latents = encode_latents(vae, pixels)  # [N, 16, h, w]
-    shift, scale = set_latent_factors(vae, latents)
+    if start is None:
+        shift, scale = set_latent_factors(vae, latents)
+    else:  # the loaded transformer learned latents normalised by these
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     packed = pack_latents((latents - shift) * scale)  # [N, S, 64]
     del pixels, latents
     from diffusers import FluxPipeline
@@ -698,7 +733,7 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
          **clock.stop("encode")})
 
     clock.start()
-    transformer = build_transformer(cfg.transformer, embeds.shape[-1], pooled.shape[-1], cfg.seed)
+    transformer = start["transformer"] if start else build_transformer(cfg.transformer, embeds.shape[-1], pooled.shape[-1], cfg.seed)
     summary["transformer_params"] = sum(p.numel() for p in transformer.parameters())
     transformer = train_transformer(transformer, packed, embeds, pooled, cfg.transformer, cfg.seed, log, cfg.log_every,
                                     uncond=(empty_embeds[0], empty_pooled[0]))

@@ -50,6 +50,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
     ("save_dtype=int8", "save_dtype"),
     ("transformer.lr=fast", "transformer.lr"),
     ("transformer.cond_dropout=1.0", "cond_dropout"),
+    ("init_from=configs", "init_from"),  # not a FluxPipeline folder
 ])
 def test_bad_config_values_are_config_errors(override, key, capsys):
     with pytest.raises(ConfigError, match=key):
@@ -110,6 +111,21 @@ def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thr
     # A second run into the same folder must not silently mix two generators.
     assert main(["--config", TOY, "--out", str(out), *_sets(MICRO)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+    # Continuing from it keeps its VAE (weights and latent factors) and text encoders, and starts the
+    # transformer from its weights; the vae settings of the config are not used (no VAE training stage).
+    cont = tmp_path / "cont"
+    assert main(["--config", TOY, "--out", str(cont), *_sets(MICRO), "--set", f"init_from={out}",
+                 "--set", "transformer.lr=1e-12"]) == 0
+    stages = [json.loads(line)["stage"] for line in (cont / "training_log.jsonl").read_text().splitlines()]
+    assert "init_from" in stages and "vae" not in stages
+    again = FluxPipeline.from_pretrained(cont)
+    for name in ("vae", "text_encoder_2", "transformer"):
+        before, after = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        for key in before:  # lr 1e-12: the continued transformer is still the one it started from
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-3 if name == "transformer" else 0)
+    assert again.vae.config.scaling_factor == pipe.vae.config.scaling_factor
+    assert again.vae.config.shift_factor == pipe.vae.config.shift_factor
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "flux"
