@@ -2,9 +2,13 @@
 
 Both paths read the same Parquet split, decode and resize both images of every pair, run the Qwen2.5-VL
 processor (the same `PairPreprocessor` on batches of the same size) and pad into model batches with the same
-`PairCollator`, with the same number of workers. Reported: pairs/s and the peak memory of the whole process
-tree (driver + workers; for Ray also its raylet/GCS/object store), sampled every 0.2 s, as the sum of RSS
-and the sum of PSS (shared pages split between processes, so the object store is not counted many times).
+`PairCollator`, with the same number of workers. Each path streams the split twice:
+- a timed pass (pairs/s, time to the first batch, pairs/s after it) with nothing else running;
+- a memory pass: the peak memory of the whole process tree (driver + workers; for Ray also its raylet/GCS/object
+  store), sampled every 0.2 s, as the sum of RSS and the sum of PSS (shared pages split between processes, so the
+  object store is not counted many times). Sampling reads /proc/PID/smaps of every process, which is not free:
+  it cost the Ray path (15 processes, several mapping the object store) 18% of its throughput when timed in the
+  same pass, the DataLoader path (3 processes) less; so no speed is read from this pass.
 
     python -m bench.data_pipeline --data /work/data/ds80k --split train [--workers 2] [--limit-pairs N]
     python -m bench.data_pipeline --pairs 2000          # builds a small dataset first (make bench-data)
@@ -119,18 +123,35 @@ def run_ray(data: Path, split: str, cfg: ReaderConfig, collate: PairCollator, tr
 
 def timed(fn, *args) -> dict:
     """Consume the batch stream; total time, time to the first batch, and the rate after it."""
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        n, first, first_n = 0, None, 0
-        for pairs in fn(*args):
-            n += pairs
-            if first is None:
-                first, first_n = time.perf_counter() - t0, pairs
-        dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n, first, first_n = 0, None, 0
+    for pairs in fn(*args):
+        n += pairs
+        if first is None:
+            first, first_n = time.perf_counter() - t0, pairs
+    dt = time.perf_counter() - t0
     after = (n - first_n) / (dt - first) if first is not None and dt > first else None
     return {"pairs": n, "seconds": round(dt, 2), "pairs_per_s": round(n / dt, 1),
-            "first_batch_s": round(first or 0.0, 2), "pairs_per_s_after_first_batch": round(after or 0.0, 1),
-            "peak_rss_mb": round(mem.peak_rss / 2**20), "peak_pss_mb": round(mem.peak_pss / 2**20)}
+            "first_batch_s": round(first or 0.0, 2), "pairs_per_s_after_first_batch": round(after or 0.0, 1)}
+
+
+def peak_memory(fn, *args) -> dict:
+    """Consume the batch stream again while sampling the memory of the process tree."""
+    with PeakMemory() as mem:
+        n = sum(fn(*args))
+    return {"pairs": n, "peak_rss_mb": round(mem.peak_rss / 2**20), "peak_pss_mb": round(mem.peak_pss / 2**20)}
+
+
+def measure(fn, args: tuple, passes: list[str]) -> dict:
+    out = {}
+    if "time" in passes:
+        out.update(timed(fn, *args))
+    if "memory" in passes:
+        mem = peak_memory(fn, *args)
+        if out and mem["pairs"] != out["pairs"]:
+            raise RuntimeError(f"the memory pass streamed {mem['pairs']} pairs, the timed pass {out['pairs']}")
+        out.update(mem)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per training batch")
     parser.add_argument("--limit-pairs", type=int, help="stream only the first N pairs")
     parser.add_argument("--order", default="ray,dataloader", help="which paths, in which order")
+    parser.add_argument("--passes", default="time,memory", help="time (no memory sampling), memory, or both")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
 
@@ -157,14 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     split_path = data / args.split
     result = {"data": str(data), "split": args.split, "workers": args.workers, "batch_size": args.batch_size,
               "limit_pairs": args.limit_pairs}
+    passes = args.passes.split(",")
+    if not passes or set(passes) - {"time", "memory"}:
+        parser.error(f"--passes {args.passes!r}: use time, memory or time,memory")
     for name in args.order.split(","):
         if name == "ray":
             init_ray(num_cpus=args.workers, dashboard=False, log_to_driver=False)
             cpu_bound_data_context(progress_bars=False)
-            result["ray_data"] = timed(run_ray, data, args.split, cfg, collate, args.batch_size, args.limit_pairs)
+            result["ray_data"] = measure(run_ray, (data, args.split, cfg, collate, args.batch_size, args.limit_pairs), passes)
             ray.shutdown()
+        elif name == "dataloader":
+            result["dataloader"] = measure(
+                run_dataloader, (split_path, cfg, collate, args.batch_size, args.limit_pairs), passes)
         else:
-            result["dataloader"] = timed(run_dataloader, split_path, cfg, collate, args.batch_size, args.limit_pairs)
+            parser.error(f"--order: unknown path {name!r} (ray, dataloader)")
         print(name, result.get("ray_data" if name == "ray" else "dataloader"), flush=True)
     print(json.dumps(result))
     if args.json:

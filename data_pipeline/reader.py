@@ -40,12 +40,18 @@ class ReaderConfig:
     num_actors: int = 2  # preprocessing actors
     cpus_per_actor: float = 0.5  # logical CPUs: leave room for the Parquet read tasks (a 2-CPU box deadlocks at 1.0)
     read_cpus: float = 0.25  # per Parquet read task (I/O bound)
+    # Parquet read tasks at once. One reads ~17k pairs/s from our shards, enough for ~35 preprocessing actors;
+    # each extra one starts its own worker process, which on a small node delays the first batch (2 cores:
+    # 13.4 s to the first batch with Ray's default, 9.7 s with 1; bench/RESULTS.md).
+    read_tasks: int = 1
 
     def validate(self) -> None:
         from spatialrl.config import ConfigError
 
         if self.image_size % 28:
             raise ConfigError(f"reader.image_size={self.image_size}: use a multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        if self.read_tasks < 1 or self.num_actors < 1:
+            raise ConfigError(f"reader.read_tasks={self.read_tasks}, reader.num_actors={self.num_actors}: need at least 1 each")
 
 
 def reward_text(processor, prompt: str) -> str:
@@ -112,6 +118,14 @@ class PairPreprocessor:
         return out
 
 
+def _rows_of_both_sides(columns: list) -> np.ndarray:
+    """One array `[2B, ...]` from the chosen and rejected columns, copied once: Ray Data hands over fixed-shape
+    columns as arrays `[B, ...]`, a DataLoader hands over lists of per-pair arrays."""
+    if all(isinstance(c, np.ndarray) and c.dtype != object for c in columns):
+        return np.concatenate(columns)
+    return np.stack([row for c in columns for row in c])
+
+
 @dataclass
 class PairCollator(NumpyBatchCollateFn):
     """Stacks per-pair entries into one model batch, chosen rows first, then rejected ([2B, ...]), and trims
@@ -126,7 +140,7 @@ class PairCollator(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         keys = sorted({k.split("_", 1)[1] for k in batch if k.startswith(SIDES)})
-        both = {key: np.concatenate([np.stack(list(batch[f"{side}_{key}"])) for side in SIDES]) for key in keys}
+        both = {key: _rows_of_both_sides([batch[f"{side}_{key}"] for side in SIDES]) for key in keys}
         mask = both["attention_mask"].astype(bool)  # [2B, max_length]
         real = mask.any(axis=0)  # columns that hold a token in some row
         # with left padding the real tokens are the right-most columns; keep just enough of them
@@ -156,7 +170,7 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
         from data_pipeline.dataset_io import DatasetError
 
         raise DatasetError(f"{path} does not exist: is {data_dir} a dataset with a {split!r} split?")
-    ds = ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": cfg.read_cpus}).select_columns(READ_COLUMNS)
+    ds = ray.data.read_parquet(str(path), columns=READ_COLUMNS, num_cpus=cfg.read_cpus, concurrency=cfg.read_tasks)
     return ds.map_batches(
         PairPreprocessor,
         fn_constructor_kwargs={"processor": cfg.processor, "image_size": cfg.image_size, "max_length": cfg.max_length},
@@ -164,3 +178,4 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor,
     )
+

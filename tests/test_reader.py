@@ -36,6 +36,19 @@ def test_collated_batch_equals_the_processor_on_the_whole_batch(processor):
     assert got["input_ids"].shape[0] == 8 and got["num_perturbations"].tolist() == [r["num_perturbations"] for r in rows]
 
 
+def test_collator_gives_the_same_batch_from_columns_and_from_rows(processor):
+    """Ray Data hands the collator fixed-shape columns as arrays; a DataLoader hands it lists of per-pair rows."""
+    prompts, chosen, rejected, rows = pairs(3, seed=1)
+    columns = {**encode_pairs(processor, 112, prompts, chosen, rejected, max_length=640),
+               "num_perturbations": np.array([r["num_perturbations"] for r in rows])}
+    as_rows = {key: list(value) for key, value in columns.items()}
+    collate = PairCollator(padding_side="left")
+    from_columns, from_rows = collate(columns), collate(as_rows)
+    assert from_columns.keys() == from_rows.keys()
+    for key in from_columns:
+        assert torch.equal(from_columns[key], from_rows[key]), key
+
+
 def test_prompts_are_never_truncated(processor):
     prompts, chosen, rejected, _ = pairs(1)
     with pytest.raises(ValueError, match="raise reader.max_length"):
