@@ -14,6 +14,7 @@ images. Deterministic sampling (noise level 0) by default. In-process, no Ray.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--limit", type=int, help="use the first N prompts only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=28)
-    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--resolution", type=int,
+                   help="pixels, square (default: the model's own, its VAE's sample_size: 64 for tiny-pretrained, "
+                        "1024 for FLUX.1-dev)")
     p.add_argument("--noise-level", type=float, default=0.0, help="0 = deterministic (ODE); >0 = Flow-GRPO SDE")
     p.add_argument("--guidance", type=float, default=3.5)
     p.add_argument("--batch-size", type=int, default=4)
@@ -49,11 +52,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(str(e)) from None
     k = args.n_per_prompt
     cfg = FluxSamplerConfig(
-        model=args.model, resolution=args.resolution, num_steps=args.steps, noise_level=args.noise_level,
+        model=args.model, resolution=args.resolution or 128, num_steps=args.steps, noise_level=args.noise_level,
         guidance=args.guidance, group_size=k, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
         device=args.device, max_sequence_length=args.max_sequence_length,
     )
     sampler = FluxSampler(cfg)
+    if args.resolution is None:  # a model drawn at another size than it learned draws another picture
+        native = sampler.pipe.vae.config.get("sample_size")
+        if isinstance(native, int) and native >= 16 and native % 16 == 0:
+            sampler.cfg = dataclasses.replace(cfg, resolution=native)
+        print(f"resolution: {sampler.cfg.resolution} px (the model's VAE sample_size; --resolution to change)")
     if args.lora:
         sampler.load_lora(args.lora)
     traj = sampler.sample([r["prompt"] for r in rows], seed=args.seed)

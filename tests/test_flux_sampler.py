@@ -219,3 +219,6 @@ def test_jobs_sample_end_to_end(tmp_path):
     plain = ["--prompts", "a cat", "--out", str(tmp_path / "plain"), "--n-per-prompt", "1", "--steps", "1"]
     sample.main([*plain, "--resolution", "32"])
     assert not (tmp_path / "plain" / "verify.json").exists()
+    # without --resolution the model's own size (its VAE's sample_size), not a fixed default
+    sample.main([*plain, "--out", str(tmp_path / "native")])
+    assert Image.open(tmp_path / "native" / "p0000_s00.png").size == (64, 64)  # the tiny fixture's VAE: 64
