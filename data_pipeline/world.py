@@ -383,15 +383,12 @@ def load_world_preset(path: str) -> WorldConfig:
     """The `world` section of a dataset preset (configs/dataset_*.yaml) as a validated WorldConfig; a relative
     path is looked up from the working directory, then from the repository root."""
     import json
-    from pathlib import Path
 
     import yaml
 
-    from spatialrl.config import ConfigError, load_config
-    from spatialrl.models.loader import REPO_ROOT
+    from spatialrl.config import ConfigError, load_config, repo_path
 
-    p = Path(path)
-    p = p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    p = repo_path(path)
     if not p.is_file():
         raise ConfigError(f"world_preset={path}: no such file; use a dataset preset such as configs/dataset_easy.yaml")
     world = (yaml.safe_load(p.read_text()) or {}).get("world", {})

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from spatialrl.models.loader import REPO_ROOT
+from spatialrl.config import REPO_ROOT
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
 REWARD_DEMO = "configs/reward_demo.yaml"

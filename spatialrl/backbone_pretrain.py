@@ -67,9 +67,8 @@ from data_pipeline.relations import AXIS, CONVERSE
 from data_pipeline.world import (
     PALETTE, WorldConfig, decisive_facts, load_world_preset, render, render_labels, sample_scene,
 )
-from spatialrl.config import ConfigError, dump_yaml
+from spatialrl.config import ConfigError, dump_yaml, repo_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Describe each object and answer the questions."
 RESUME_DIR = "resume"
 LOG_FILE = "training_log.jsonl"
@@ -210,7 +209,7 @@ class PretrainDataConfig:
         if len(self.blur_radius) != 2 or not 0 <= self.blur_radius[0] <= self.blur_radius[1]:
             raise ConfigError(f"data.blur_radius={self.blur_radius}: give [min, max] with 0 <= min <= max")
         for name in ("world_preset", "easy_world_preset"):
-            if not _repo_path(getattr(self, name)).is_file():
+            if not repo_path(getattr(self, name)).is_file():
                 raise ConfigError(
                     f"data.{name}={getattr(self, name)!r} does not exist; point it at a configs/dataset_*.yaml")
 
@@ -241,7 +240,7 @@ class PretrainConfig:
     init_from: str = ""
 
     def validate(self) -> None:
-        if self.init_from and not (_repo_path(self.init_from) / "config.json").is_file():
+        if self.init_from and not (repo_path(self.init_from) / "config.json").is_file():
             raise ConfigError(f"init_from={self.init_from!r} has no config.json: point it at a backbone folder "
                               f"written by this job (e.g. assets/tiny-pretrained/qwen2_5_vl), or leave it empty")
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "threads"):
@@ -271,10 +270,6 @@ class PretrainConfig:
 
 SAVE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
-
-def _repo_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 # ------------------------------------------------------------------------------------------- model building
@@ -362,7 +357,7 @@ def load_backbone(folder: str, cfg: BackboneModelConfig):
 
     from spatialrl.models.loader import load_vl_processor
 
-    path = _repo_path(folder)
+    path = repo_path(folder)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32)
     text = model.config.text_config
     found = {"hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers,

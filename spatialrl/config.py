@@ -29,6 +29,16 @@ class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range; the message says how to fix it."""
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_path(path: str | Path) -> Path:
+    """A path named in a config or on a command line: as given when absolute or present from the working
+    directory, else relative to the repository root (so `configs/...` and `assets/...` work from anywhere)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 

@@ -58,16 +58,11 @@ import torch
 
 from data_pipeline import world as spatial_world
 from data_pipeline.world import WorldConfig
-from spatialrl.config import ConfigError, to_dict
+from spatialrl.config import ConfigError, repo_path, to_dict
 from spatialrl.flux_math import calculate_shift, latent_image_ids, pack_latents
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
-
-def _repo_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 # ------------------------------------------------------------------------------------------------- configs
@@ -202,7 +197,7 @@ class GeneratorPretrainConfig:
     init_from: str = ""
 
     def validate(self) -> None:
-        if self.init_from and not (_repo_path(self.init_from) / "transformer" / "config.json").is_file():
+        if self.init_from and not (repo_path(self.init_from) / "transformer" / "config.json").is_file():
             raise ConfigError(f"init_from={self.init_from!r} is not a FluxPipeline folder (no transformer/config.json): "
                               "point it at a folder this job wrote (e.g. assets/tiny-pretrained/flux), or leave it empty")
         if self.save_dtype not in SAVE_DTYPES:
@@ -699,9 +694,9 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
     pixels = to_pixels(train.images)  # [N, 3, H, W]
     start = None
     if cfg.init_from:
-        start = load_pipeline_parts(_repo_path(cfg.init_from), world.canvas)
+        start = load_pipeline_parts(repo_path(cfg.init_from), world.canvas)
         clip, clip_tok, t5, t5_tok, vae = (start[k] for k in ("clip", "clip_tokenizer", "t5", "t5_tokenizer", "vae"))
-        log({"stage": "init_from", "path": str(_repo_path(cfg.init_from))})
+        log({"stage": "init_from", "path": str(repo_path(cfg.init_from))})
     else:
         clip, clip_tok, t5, t5_tok = build_text_encoders(cfg.text, cfg.seed)
         vae = train_vae(build_vae(cfg.vae, world.canvas, cfg.seed), pixels, cfg.vae, cfg.seed, log, cfg.log_every)

@@ -42,11 +42,11 @@ from typing import Literal  # noqa: E402
 
 import torch  # noqa: E402
 
+from spatialrl.config import REPO_ROOT  # noqa: E402
 from spatialrl.models import fixtures  # noqa: E402
 
 Kind = Literal["qwen", "flux"]
 KINDS = ("qwen", "flux")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ModelNotFoundError(FileNotFoundError):
