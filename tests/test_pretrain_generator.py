@@ -126,6 +126,8 @@ def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thr
             torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-3 if name == "transformer" else 0)
     assert again.vae.config.scaling_factor == pipe.vae.config.scaling_factor
     assert again.vae.config.shift_factor == pipe.vae.config.shift_factor
+    for part in ("vae", "transformer"):  # no trace of the folder it started from
+        assert "_name_or_path" not in json.loads((cont / part / "config.json").read_text())
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "flux"
