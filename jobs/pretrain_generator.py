@@ -1,8 +1,8 @@
 """Pretrain the toy Flux (tiny VAE + tiny FluxTransformer2DModel) on the spatial world's easy setting, on CPU.
 
-Produces the `tiny-pretrained` Flux (assets/tiny-pretrained/flux: configs/generator_toy.yaml, then two `init_from`
+Produces the `tiny-pretrained` Flux (assets/tiny-pretrained/flux: configs/generator_toy.yaml, then three `init_from`
 stages): the stand-in for downloaded FLUX.1-dev weights, which the demo's GRPO then improves. Short of its target:
-its samples draw the requested objects ~42% of the time on held-out prompts (issue 4 asks for ~80%); recipe,
+its samples draw the requested objects ~51% of the time on held-out prompts (issue 4 asks for ~80%); recipe,
 numbers and what was tried: assets/tiny-pretrained/flux/RECIPE.md and `spatialrl/generator_pretrain.py`'s docstring.
 
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --out assets/tiny-pretrained/flux --overwrite

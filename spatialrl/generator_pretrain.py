@@ -6,18 +6,18 @@ the job that runs it: `jobs/pretrain_generator.py`. It is the `tiny-pretrained` 
 trained from `configs/generator_toy.yaml`): the paper's starting point (FLUX.1-dev) in miniature, meant to draw the
 objects right and the relations imperfectly, for the demo's GRPO to improve.
 
-Status (measured, target not reached): the shipped model (9k steps, then two `init_from` stages of +6k steps
-with the training times pushed toward noise, logit mean 0.7 then 1.0) draws the requested objects ~42% of the
-time on held-out prompts (object presence 0.42, relation accuracy 0.27-0.33, named colour found 0.76-0.79; target:
+Status (measured, target not reached): the shipped model (9k steps, then three `init_from` stages of +6k steps
+with the training times pushed toward noise, logit mean 0.7, 1.0, 1.5) draws the requested objects ~51% of the
+time on held-out prompts (object presence 0.51, relation accuracy 0.32-0.39, named colour found 0.81; target:
 presence >= 0.6-0.8); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. The 9k-step first stage
 alone: 0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, and +6k more at 1.0
-0.42 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples). Shorter runs (~15 min
+0.42, and +6k more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples). Shorter runs (~15 min
 of one CPU thread each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width
 96 and 192, 8x (16 tokens) and 4x (64 tokens) VAE latents, 10-60 sampling steps, cond_dropout 0.1 with
 classifier-free guidance 3 or 6, and short captions. The shapes are what fails: squares and circles come out as
 rounded blobs the verifier's shape templates reject. Not a train/sample mismatch: on 64 training images with
 their own prompts, lr 3e-3 memorises them in 800 steps (presence 0.95), and the VAE's reconstructions pass the
-verifier (0.99). What is left: further stages (the flow loss still falls), then guidance distillation.
+verifier (0.99). What is left: more stages, a larger batch or a wider model, then guidance distillation.
 
 Stages (each a plain function, run top to bottom by `pretrain`):
 1. data: `make_pair(i, seed, "train", world)` of `data_pipeline.pairs`, keeping the perfect image and its
