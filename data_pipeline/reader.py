@@ -178,4 +178,3 @@ def pair_dataset(data_dir: str, split: str, cfg: ReaderConfig):
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor,
     )
-

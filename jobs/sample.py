@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         native = sampler.pipe.vae.config.get("sample_size")
         if isinstance(native, int) and native >= 16 and native % 16 == 0:
             sampler.cfg = dataclasses.replace(cfg, resolution=native)
-        print(f"resolution: {sampler.cfg.resolution} px (the model's VAE sample_size; --resolution to change)")
+            print(f"resolution: {native} px (the model's VAE sample_size; --resolution to change)")
+        else:
+            print(f"resolution: {cfg.resolution} px (the model's VAE sample_size {native!r} is not a usable size; "
+                  "--resolution to change)")
     if args.lora:
         sampler.load_lora(args.lora)
     traj = sampler.sample([r["prompt"] for r in rows], seed=args.seed)

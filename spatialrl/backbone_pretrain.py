@@ -271,7 +271,6 @@ class PretrainConfig:
 SAVE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-
 # ------------------------------------------------------------------------------------------- model building
 
 

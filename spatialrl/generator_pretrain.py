@@ -10,9 +10,9 @@ Status (measured, target not reached): the shipped model (9k steps, then three `
 with the training times pushed toward noise, logit mean 0.7, 1.0, 1.5) draws the requested objects ~51% of the
 time on held-out prompts (object presence 0.51, relation accuracy 0.32-0.39, named colour found 0.81; target:
 presence >= 0.6-0.8); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. The 9k-step first stage
-alone: 0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, and +6k more at 1.0
-0.42, and +6k more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples). Shorter runs (~15 min
-of one CPU thread each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width
+alone: 0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, +6k more at 1.0
+0.42, and +6k more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples).
+Shorter runs (~15 min of one CPU thread each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width
 96 and 192, 8x (16 tokens) and 4x (64 tokens) VAE latents, 10-60 sampling steps, cond_dropout 0.1 with
 classifier-free guidance 3 or 6, and short captions. The shapes are what fails: squares and circles come out as
 rounded blobs the verifier's shape templates reject. Not a train/sample mismatch: on 64 training images with
@@ -63,7 +63,6 @@ from spatialrl.config import ConfigError, repo_path, to_dict
 from spatialrl.flux_math import calculate_shift, latent_image_ids, pack_latents
 
 SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
 
 
 # ------------------------------------------------------------------------------------------------- configs
@@ -700,9 +699,10 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
     pixels = to_pixels(train.images)  # [N, 3, H, W]
     start = None
     if cfg.init_from:
-        start = load_pipeline_parts(repo_path(cfg.init_from), world.canvas)
+        init_dir = repo_path(cfg.init_from)
+        start = load_pipeline_parts(init_dir, world.canvas)
         clip, clip_tok, t5, t5_tok, vae = (start[k] for k in ("clip", "clip_tokenizer", "t5", "t5_tokenizer", "vae"))
-        log({"stage": "init_from", "path": str(repo_path(cfg.init_from))})
+        log({"stage": "init_from", "path": str(init_dir)})
     else:
         clip, clip_tok, t5, t5_tok = build_text_encoders(cfg.text, cfg.seed)
         vae = train_vae(build_vae(cfg.vae, world.canvas, cfg.seed), pixels, cfg.vae, cfg.seed, log, cfg.log_every)
