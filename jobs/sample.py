@@ -7,6 +7,8 @@ of objects found with the named shape) and `relation_accuracy` (fraction of rela
 images. Deterministic sampling (noise level 0) by default. In-process, no Ray.
 
     python -m jobs.sample --model tiny --prompts data/prompts_test.jsonl --limit 8 --out runs/samples
+    python -m jobs.sample --model assets/tiny-pretrained/flux --prompts runs/demo/dataset/prompts_test.jsonl \
+        --out runs/toy --n-per-prompt 1 --limit 64 --max-sequence-length 96 --true-cfg-scale 3
     python -m jobs.sample --model /models/FLUX.1-dev --lora runs/grpo/lora --prompts "a red circle left of a cat" \
         --out runs/one --n-per-prompt 4 --resolution 512 --steps 28 --dtype bfloat16
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from spatialrl.config import ConfigError
 from spatialrl.evaluation import image_grid, read_prompts, verify_images
 from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
 
@@ -38,7 +41,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                    help="pixels, square (default: the model's own, its VAE's sample_size: 64 for tiny-pretrained, "
                         "1024 for FLUX.1-dev)")
     p.add_argument("--noise-level", type=float, default=0.0, help="0 = deterministic (ODE); >0 = Flow-GRPO SDE")
-    p.add_argument("--guidance", type=float, default=3.5)
+    p.add_argument("--guidance", type=float, default=3.5, help="the guidance input of guidance-distilled Flux")
+    p.add_argument("--true-cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance, as FluxPipeline's true_cfg_scale: 1 = off (FLUX.1-dev); "
+                        "tiny-pretrained: 3 (a second forward per step on --negative-prompt)")
+    p.add_argument("--negative-prompt", default="", help="the prompt guided away from when --true-cfg-scale > 1")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-sequence-length", type=int, default=512,
                    help="T5 tokens; use the length the model was trained with (tiny-pretrained: 96)")
@@ -54,8 +61,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = FluxSamplerConfig(
         model=args.model, resolution=args.resolution or 128, num_steps=args.steps, noise_level=args.noise_level,
         guidance=args.guidance, group_size=k, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-        device=args.device, max_sequence_length=args.max_sequence_length,
+        device=args.device, max_sequence_length=args.max_sequence_length, true_cfg_scale=args.true_cfg_scale,
+        negative_prompt=args.negative_prompt,
     )
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise SystemExit(f"jobs.sample: {e}") from None
     sampler = FluxSampler(cfg)
     if args.resolution is None:  # a model drawn at another size than it learned draws another picture
         native = sampler.pipe.vae.config.get("sample_size")

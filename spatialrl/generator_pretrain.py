@@ -171,10 +171,13 @@ class SampleCheckConfig:
     prompts: int = 32  # held-out prompts (0 = skip)
     num_steps: int = 10
     noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.7])
+    true_cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])  # 1 = no classifier-free guidance
 
     def validate(self) -> None:
         if self.prompts < 0 or self.num_steps < 1 or any(a < 0 for a in self.noise_levels):
             raise ConfigError("sample_check.prompts >= 0, sample_check.num_steps >= 1, noise levels >= 0")
+        if not self.true_cfg_scales or any(s < 1 for s in self.true_cfg_scales):
+            raise ConfigError(f"sample_check.true_cfg_scales={self.true_cfg_scales}: scales >= 1 (1 = off), e.g. [1, 3]")
 
 
 @dataclass
@@ -640,26 +643,28 @@ PIPELINE_FILES = ("model_index.json",)
 
 
 def sample_check(model_dir: Path, examples: Examples, cfg: SampleCheckConfig, text: TextConfig, resolution: int):
-    """Sample the saved pipeline through FluxSampler on held-out prompts; verifier scores per noise level."""
+    """Sample the saved pipeline through FluxSampler on held-out prompts; verifier scores per noise level and
+    classifier-free guidance scale (keys `noise_0.7`, `noise_0.7_cfg3`: the empty prompt as the negative one)."""
     from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
 
     n = min(cfg.prompts, len(examples.prompts))
     results = {}
     sampler = None
-    for a in cfg.noise_levels:
-        scfg = FluxSamplerConfig(
-            model=str(model_dir), resolution=resolution, num_steps=cfg.num_steps, noise_level=a, group_size=1,
-            batch_size=16, max_sequence_length=text.max_sequence_length, device="cpu",
-        )
-        if sampler is None:
-            sampler = FluxSampler(scfg)
-        sampler.cfg = scfg
-        t0 = time.time()
-        with quiet_truncation_warnings():
-            traj = sampler.sample(examples.prompts[:n], seed=0)
-        scores = verifier_scores(traj.images, examples.structured[:n])
-        scores["s_per_image"] = round((time.time() - t0) / n, 4)
-        results[f"noise_{a}"] = scores
+    for scale in cfg.true_cfg_scales:
+        for a in cfg.noise_levels:
+            scfg = FluxSamplerConfig(
+                model=str(model_dir), resolution=resolution, num_steps=cfg.num_steps, noise_level=a, group_size=1,
+                batch_size=16, max_sequence_length=text.max_sequence_length, device="cpu", true_cfg_scale=scale,
+            )
+            if sampler is None:
+                sampler = FluxSampler(scfg)
+            sampler.cfg = scfg
+            t0 = time.time()
+            with quiet_truncation_warnings():
+                traj = sampler.sample(examples.prompts[:n], seed=0)
+            scores = verifier_scores(traj.images, examples.structured[:n])
+            scores["s_per_image"] = round((time.time() - t0) / n, 4)
+            results[f"noise_{a}" + (f"_cfg{scale:g}" if scale > 1 else "")] = scores
     return results
 
 

@@ -78,6 +78,25 @@ def test_recomputed_log_probs_give_ratio_exactly_one(sampler):
         sampler.recompute_log_probs(sampler.sample(PROMPTS[:1], noise_level=0.0))
 
 
+def test_true_cfg_reproduces_stock_flux_pipeline_and_keeps_ratio_one():
+    s = FluxSampler(FluxSamplerConfig(**BASE, true_cfg_scale=3.0, negative_prompt="a blurry picture"))
+    traj = s.sample(PROMPTS[:1], seed=11, noise_level=0.0)
+    generators = [torch.Generator().manual_seed(11 + i) for i in range(3)]
+    ref = s.pipe(
+        PROMPTS[0], negative_prompt="a blurry picture", true_cfg_scale=3.0, height=32, width=32,
+        num_inference_steps=4, guidance_scale=3.5, num_images_per_prompt=3, generator=generators,
+        output_type="latent", max_sequence_length=32,
+    ).images  # [3, S, 64]
+    assert (traj.latents[:, -1] - ref).abs().max().item() == 0.0
+    plain = FluxSampler(FluxSamplerConfig(**BASE)).sample(PROMPTS[:1], seed=11, noise_level=0.0)
+    assert (plain.latents[:, -1] - ref).abs().max().item() > 1e-3  # guidance changed the images
+    sde = s.sample(PROMPTS, seed=5, group_size=2)
+    assert sde.true_cfg_scale == 3.0 and sde.negative_prompt == "a blurry picture"
+    assert torch.equal(s.recompute_log_probs(sde), sde.log_probs)
+    with pytest.raises(ValueError, match="true_cfg_scale"):  # another guidance scores other transitions
+        FluxSampler(FluxSamplerConfig(**BASE, true_cfg_scale=2.0)).recompute_log_probs(sde)
+
+
 def test_bfloat16_ratio_is_exactly_one_and_math_stays_float32():
     s = FluxSampler(FluxSamplerConfig(**BASE, dtype="bfloat16"))
     assert s.transformer.dtype == torch.bfloat16
@@ -171,6 +190,8 @@ def test_config_is_validated():
         FluxSamplerConfig(resolution=100).validate()
     with pytest.raises(ConfigError, match="noise_level"):
         FluxSamplerConfig(noise_level=-1).validate()
+    with pytest.raises(ConfigError, match="true_cfg_scale=0.5"):
+        FluxSamplerConfig(true_cfg_scale=0.5).validate()
 
 
 def test_verify_images_counts_against_world_images():
@@ -222,3 +243,5 @@ def test_jobs_sample_end_to_end(tmp_path):
     # without --resolution the model's own size (its VAE's sample_size), not a fixed default
     sample.main([*plain, "--out", str(tmp_path / "native")])
     assert Image.open(tmp_path / "native" / "p0000_s00.png").size == (64, 64)  # the tiny fixture's VAE: 64
+    with pytest.raises(SystemExit, match="true_cfg_scale=0.5.*use 1 .off"):
+        sample.main([*plain, "--true-cfg-scale", "0.5"])

@@ -143,6 +143,24 @@ def test_learner_on_policy_ratio_is_one_and_two_ranks_stay_identical(ray_local, 
         close(group, pg)
 
 
+def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
+    """With classifier-free guidance the learner's loss runs two forwards per step, as the sampler does."""
+    import dataclasses
+
+    from spatialrl.evaluation import read_prompts
+
+    scfg = dataclasses.replace(SCFG, true_cfg_scale=3.0)
+    rows = read_prompts(str(data / "prompts_train.jsonl"))[:1]
+    group, pg = learner_group(1, GRPOLearnerConfig(clip_range=CLIP), scfg)
+    try:
+        sampler = FluxSampler(scfg)
+        sampler.set_lora(ray_local.get(group.lora_state_ref()), version=0)
+        stats = group.train_step(sample_groups(sampler, rows, seed=3), all_samples(len(rows)))
+        assert stats["policy/ratio_mean"] == 1.0 and stats["policy/ratio_max_dev"] == 0.0
+    finally:
+        close(group, pg)
+
+
 # ------------------------------------------------------------------------------------------------ the job
 
 
