@@ -8,6 +8,8 @@ prompt once and decodes the batch with the VAE. Paths: `stock` (pipe(...) with o
 wall clock, and (CPU runs) by this process's CPU time, which a machine shared with other work distorts less.
 
     python -m bench.sampler                              # tiny model, CPU, 1 thread
+    python -m bench.sampler --model tiny-pretrained --resolution 64 --steps 8 --batch 12 --max-sequence-length 96 \
+        --true-cfg-scale 3                                # the demo's rollouts, guided (two forwards per step)
     python -m bench.sampler --model full --dtype bfloat16 --resolution 512 --steps 16 --batch 8 --threads 0
 """
 
@@ -34,13 +36,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave torch's default)")
+    p.add_argument("--max-sequence-length", type=int, default=512)
+    p.add_argument("--true-cfg-scale", type=float, default=1.0, help="> 1: classifier-free guidance on every path")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = FluxSamplerConfig(
         model=args.model, resolution=args.resolution, num_steps=args.steps, group_size=args.batch,
-        batch_size=args.batch, dtype=args.dtype, device=args.device,
+        batch_size=args.batch, dtype=args.dtype, device=args.device, max_sequence_length=args.max_sequence_length,
+        true_cfg_scale=args.true_cfg_scale,
     )
     sampler = FluxSampler(cfg)
 
@@ -53,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         return sampler.pipe(
             PROMPT, height=args.resolution, width=args.resolution, num_inference_steps=args.steps,
             guidance_scale=cfg.guidance, num_images_per_prompt=args.batch, generator=gens, output_type="np",
-            max_sequence_length=cfg.max_sequence_length,
+            max_sequence_length=cfg.max_sequence_length, true_cfg_scale=cfg.true_cfg_scale,
+            negative_prompt=cfg.negative_prompt if cfg.true_cfg_scale > 1 else None,
         ).images
 
     paths = {
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"model={args.model} device={sampler.device} dtype={args.dtype} resolution={args.resolution} "
-        f"steps={args.steps} batch={args.batch} rounds={args.rounds} threads={torch.get_num_threads()}"
+        f"steps={args.steps} batch={args.batch} rounds={args.rounds} threads={torch.get_num_threads()} "
+        f"true_cfg_scale={cfg.true_cfg_scale}"
     )
     print(f"{'path':<30} {'images/s (median)':>18} {'min':>8} {'max':>8} {'s/batch':>8} {'images/CPU-s':>13}")
     result = {}

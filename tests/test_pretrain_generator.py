@@ -166,3 +166,19 @@ def test_verifier_scores_tell_a_wrong_shape_from_a_missing_colour():
     assert scores["object_presence"] == pytest.approx(1 / 3)  # only the green triangle
     assert scores["colour_found"] == pytest.approx(2 / 3)  # red and green are drawn, blue is not
     assert scores["relation_accuracy"] == 1.0 and scores["all_correct"] == 0.0
+
+
+def test_generator_eval_bench_counts_every_missed_object(tmp_path, one_torch_thread):
+    """bench.generator_eval: one row per (model, scale); its misses are exactly the objects not present."""
+    from bench import generator_eval
+
+    out = tmp_path / "eval.json"
+    results = generator_eval.main([
+        "--models", "tiny", "--scales", "1,2", "--prompts", "4", "--steps", "1", "--resolution", "32",
+        "--max-sequence-length", "32", "--json", str(out),
+    ])
+    assert list(results) == ["tiny@cfg1", "tiny@cfg2"] and json.loads(out.read_text())["results"] == results
+    num_objects = sum(len(row["objects"]) for row in generator_eval.make_examples(
+        generator_eval.load_world_preset("configs/dataset_easy.yaml"), 4, 1, "val").structured)
+    for r in results.values():
+        assert sum(r["misses"].values()) == round((1 - r["object_presence"]) * num_objects)
