@@ -6,18 +6,19 @@ the job that runs it: `jobs/pretrain_generator.py`. It is the `tiny-pretrained` 
 trained from `configs/generator_toy.yaml`): the paper's starting point (FLUX.1-dev) in miniature, meant to draw the
 objects right and the relations imperfectly, for the demo's GRPO to improve.
 
-Status (measured, target not reached): the shipped model (9k steps, then three `init_from` stages of +6k steps
-with the training times pushed toward noise, logit mean 0.7, 1.0, 1.5) draws the requested objects ~51% of the
-time on held-out prompts (object presence 0.51, relation accuracy 0.32-0.39, named colour found 0.81; target:
-presence >= 0.6-0.8); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. The 9k-step first stage
-alone: 0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, +6k more at 1.0
-0.42, and +6k more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples).
-Shorter runs (~15 min of one CPU thread each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width
-96 and 192, 8x (16 tokens) and 4x (64 tokens) VAE latents, 10-60 sampling steps, cond_dropout 0.1 with
-classifier-free guidance 3 or 6, and short captions. The shapes are what fails: squares and circles come out as
-rounded blobs the verifier's shape templates reject. Not a train/sample mismatch: on 64 training images with
-their own prompts, lr 3e-3 memorises them in 800 steps (presence 0.95), and the VAE's reconstructions pass the
-verifier (0.99). What is left: more stages, a larger batch or a wider model, then guidance distillation.
+Status (measured): the shipped model (9k steps, then five `init_from` stages of +6k steps with the training times
+pushed toward noise, logit mean 0.7, 1.0, 1.5, 2.0, 2.0, then +4k steps at logit mean 0.5 and lr 5e-4), sampled with
+classifier-free guidance (`true_cfg_scale` 4, the empty negative prompt), draws the requested objects ~82% of the
+time on held-out prompts (object presence 0.82, relation accuracy 0.56, named colour found 0.95; without guidance
+0.64 / 0.42 / 0.87); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. The 9k-step first stage alone:
+0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, +6k more at 1.0 0.42, and +6k
+more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples). Guidance adds
+0.15-0.2 from there on; the last, low-noise stage sharpens the shapes. Shorter runs (~15 min of one CPU thread
+each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width 96 and 192, 8x (16
+tokens) and 4x (64 tokens) VAE latents, 10-60 sampling steps, cond_dropout 0.1 with classifier-free guidance 3 or
+6, and short captions. What is still missed: diamonds read as circles (rounded corners), small triangles. Not a
+train/sample mismatch: on 64 training images with their own prompts, lr 3e-3 memorises them in 800 steps
+(presence 0.95), and the VAE's reconstructions pass the verifier (0.99).
 
 Stages (each a plain function, run top to bottom by `pretrain`):
 1. data: `make_pair(i, seed, "train", world)` of `data_pipeline.pairs`, keeping the perfect image and its
@@ -36,7 +37,8 @@ Stages (each a plain function, run top to bottom by `pretrain`):
 Departures from Flux: the VAE downsamples 4x (two down blocks), not 8x: measured here, a 0.3M-parameter 8x VAE
 loses the colours (31% object presence after 2 min), a 4x one keeps them (99%); FluxPipeline and FluxSampler
 read the factor from the VAE's block count. Guidance is an input the toy was trained with at one value (3.5):
-it is not guidance-distilled, so other values are out of distribution. Text is padded to
+it is not guidance-distilled, so other values are out of distribution; sample it with true classifier-free
+guidance instead (`cond_dropout` trains the unconditional model it needs). Text is padded to
 `text.max_sequence_length` (96) tokens, not 512: sample with the same `max_sequence_length` (Flux attends to
 the padding, so another length shifts the conditioning).
 """
