@@ -9,7 +9,7 @@ wall clock, and (CPU runs) by this process's CPU time, which a machine shared wi
 
     python -m bench.sampler                              # tiny model, CPU, 1 thread
     python -m bench.sampler --model tiny-pretrained --resolution 64 --steps 8 --batch 12 --max-sequence-length 96 \
-        --true-cfg-scale 3                                # the demo's rollouts, guided (two forwards per step)
+        --true-cfg-scale 4                                # the demo's rollouts, guided (two forwards per step)
     python -m bench.sampler --model full --dtype bfloat16 --resolution 512 --steps 16 --batch 8 --threads 0
 """
 

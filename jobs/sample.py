@@ -8,7 +8,7 @@ images. Deterministic sampling (noise level 0) by default. In-process, no Ray.
 
     python -m jobs.sample --model tiny --prompts data/prompts_test.jsonl --limit 8 --out runs/samples
     python -m jobs.sample --model assets/tiny-pretrained/flux --prompts runs/demo/dataset/prompts_test.jsonl \
-        --out runs/toy --n-per-prompt 1 --limit 64 --max-sequence-length 96 --true-cfg-scale 3
+        --out runs/toy --n-per-prompt 1 --limit 64 --max-sequence-length 96 --true-cfg-scale 4
     python -m jobs.sample --model /models/FLUX.1-dev --lora runs/grpo/lora --prompts "a red circle left of a cat" \
         --out runs/one --n-per-prompt 4 --resolution 512 --steps 28 --dtype bfloat16
 """
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--guidance", type=float, default=3.5, help="the guidance input of guidance-distilled Flux")
     p.add_argument("--true-cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance, as FluxPipeline's true_cfg_scale: 1 = off (FLUX.1-dev); "
-                        "tiny-pretrained: 3 (a second forward per step on --negative-prompt)")
+                        "tiny-pretrained: 4 (a second forward per step on --negative-prompt)")
     p.add_argument("--negative-prompt", default="", help="the prompt guided away from when --true-cfg-scale > 1")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-sequence-length", type=int, default=512,

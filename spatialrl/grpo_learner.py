@@ -266,6 +266,7 @@ class GRPOLearner:
         }
 
     def _conditioning(self, traj: Trajectory):
+        self.policy.check_made_here(traj)  # samplers and learner must share resolution and guidance
         embeds, pooled, text_ids = self.policy.encode(traj.prompts)  # [P, L, D], [P, Dp], [L, 3]
         h, w = self.policy.latent_size(traj.resolution)
         img_ids = latent_image_ids(h // 2, w // 2, device=self.policy.device, dtype=embeds.dtype)

@@ -157,6 +157,10 @@ def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
         sampler.set_lora(ray_local.get(group.lora_state_ref()), version=0)
         stats = group.train_step(sample_groups(sampler, rows, seed=3), all_samples(len(rows)))
         assert stats["policy/ratio_mean"] == 1.0 and stats["policy/ratio_max_dev"] == 0.0
+        unguided = FluxSampler(SCFG)  # trajectories of another guidance would give wrong ratios: refused
+        unguided.set_lora(ray_local.get(group.lora_state_ref()), version=1)
+        with pytest.raises(ValueError, match="true_cfg_scale"):
+            group.train_step(sample_groups(unguided, rows, seed=3), all_samples(len(rows)))
     finally:
         close(group, pg)
 
