@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from data_pipeline.verifier import object_presence, read_objects
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
-from spatialrl.generator_pretrain import load_world_preset, make_examples, quiet_truncation_warnings, verifier_scores
+from spatialrl.flux_sampler import FluxSamplerConfig
+from spatialrl.generator_pretrain import load_world_preset, make_examples, sample_settings, verifier_scores
 
 
 def shape_misses(images: np.ndarray, structured: list[dict]) -> Counter:
@@ -56,19 +56,16 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     print(f"{'model':<40} {'cfg':>4} {'presence':>9} {'relations':>10} {'colour':>7} {'all':>6}  misses")
     for model in args.models.split(","):
-        sampler = None
-        for scale in scales:
-            cfg = FluxSamplerConfig(
+        configs = [
+            FluxSamplerConfig(
                 model=model, resolution=args.resolution, num_steps=args.steps, noise_level=args.noise_level,
                 group_size=1, batch_size=args.batch, max_sequence_length=args.max_sequence_length, device="cpu",
                 true_cfg_scale=scale,
             )
-            cfg.validate()
-            if sampler is None:
-                sampler = FluxSampler(cfg)
-            sampler.cfg = cfg
-            with quiet_truncation_warnings():
-                images = sampler.sample(held.prompts, seed=args.seed).images
+            for scale in scales
+        ]
+        for cfg, images, _ in sample_settings(configs, held.prompts, seed=args.seed):
+            scale = cfg.true_cfg_scale
             scores = verifier_scores(images, held.structured)
             misses = shape_misses(images, held.structured)
             results[f"{model}@cfg{scale:g}"] = {**scores, "misses": dict(misses.most_common())}

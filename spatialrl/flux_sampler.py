@@ -174,7 +174,7 @@ class FluxSampler:
         self.policy_version = 0
         self._adapter: Literal["set", "loaded"] | None = None
         self._lora_keys: set[str] | None = None
-        self._negative: tuple[str, torch.Tensor, torch.Tensor] | None = None  # (prompt, T5 [1, L, D], pooled)
+        self._negative: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, T5 [1, L, D], pooled)
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -230,11 +230,12 @@ class FluxSampler:
         return torch.cat(embeds), torch.cat(pooled), text_ids
 
     def _negative_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 states `[1, L, D]` and pooled `[1, Dp]` of `cfg.negative_prompt` (encoded once; encoders are frozen)."""
-        if self._negative is None or self._negative[0] != self.cfg.negative_prompt:
-            with torch.no_grad():
-                e, p, _ = self.encode([self.cfg.negative_prompt])
-            self._negative = (self.cfg.negative_prompt, e, p)
+        """T5 states `[1, L, D]` and pooled `[1, Dp]` of `cfg.negative_prompt`, encoded once per prompt and T5 length
+        (the encoders are frozen), so they always line up with prompts `encode` pads to the same length."""
+        key = (self.cfg.negative_prompt, self.cfg.max_sequence_length)
+        if self._negative is None or self._negative[0] != key:
+            e, p, _ = self.encode([self.cfg.negative_prompt])
+            self._negative = (key, e, p)
         return self._negative[1], self._negative[2]
 
     def _velocity(self, x, timestep, embeds, pooled, text_ids, img_ids) -> torch.Tensor:
@@ -264,11 +265,6 @@ class FluxSampler:
         scale = self.cfg.true_cfg_scale
         if scale > 1:
             neg_embeds, neg_pooled = self._negative_conditioning()
-            if neg_embeds.shape[1] != embeds.shape[1]:
-                raise ValueError(
-                    f"negative prompt encoded to {neg_embeds.shape[1]} T5 tokens, the prompts to {embeds.shape[1]}: "
-                    "both must come from the same max_sequence_length"
-                )
             v_neg = forward(neg_embeds.expand(b, -1, -1), neg_pooled.expand(b, -1))
             v = v_neg + scale * (v - v_neg)  # FluxPipeline's order of operations, so ODE runs match it exactly
         return v

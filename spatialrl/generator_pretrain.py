@@ -644,29 +644,45 @@ PIPELINE_FILES = ("model_index.json",)
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
+def sample_settings(configs: list, prompts: list[str], seed: int = 0):
+    """Yield `(config, images [N, H, W, 3], seconds)`: one image per prompt under each FluxSamplerConfig, from one
+    loaded pipeline (the configs may differ in how they sample, not in the model, dtype or device they load)."""
+    from spatialrl.flux_sampler import FluxSampler
+
+    sampler = None
+    for scfg in configs:
+        scfg.validate()
+        if sampler is None:
+            sampler = FluxSampler(scfg)
+        loaded = (sampler.cfg.model, sampler.cfg.dtype, sampler.cfg.device)
+        if (scfg.model, scfg.dtype, scfg.device) != loaded:
+            raise ValueError(f"sample_settings: every config must load {loaded}; got {(scfg.model, scfg.dtype, scfg.device)}")
+        sampler.cfg = scfg
+        t0 = time.time()
+        with quiet_truncation_warnings():
+            images = sampler.sample(prompts, seed=seed).images
+        yield scfg, images, time.time() - t0
+
+
 def sample_check(model_dir: Path, examples: Examples, cfg: SampleCheckConfig, text: TextConfig, resolution: int):
     """Sample the saved pipeline through FluxSampler on held-out prompts; verifier scores per noise level and
     classifier-free guidance scale (keys `noise_0.7`, `noise_0.7_cfg3`: the empty prompt as the negative one)."""
-    from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+    from spatialrl.flux_sampler import FluxSamplerConfig
 
     n = min(cfg.prompts, len(examples.prompts))
+    configs = [
+        FluxSamplerConfig(
+            model=str(model_dir), resolution=resolution, num_steps=cfg.num_steps, noise_level=a, group_size=1,
+            batch_size=16, max_sequence_length=text.max_sequence_length, device="cpu", true_cfg_scale=scale,
+        )
+        for scale in cfg.true_cfg_scales for a in cfg.noise_levels
+    ]
     results = {}
-    sampler = None
-    for scale in cfg.true_cfg_scales:
-        for a in cfg.noise_levels:
-            scfg = FluxSamplerConfig(
-                model=str(model_dir), resolution=resolution, num_steps=cfg.num_steps, noise_level=a, group_size=1,
-                batch_size=16, max_sequence_length=text.max_sequence_length, device="cpu", true_cfg_scale=scale,
-            )
-            if sampler is None:
-                sampler = FluxSampler(scfg)
-            sampler.cfg = scfg
-            t0 = time.time()
-            with quiet_truncation_warnings():
-                traj = sampler.sample(examples.prompts[:n], seed=0)
-            scores = verifier_scores(traj.images, examples.structured[:n])
-            scores["s_per_image"] = round((time.time() - t0) / n, 4)
-            results[f"noise_{a}" + (f"_cfg{scale:g}" if scale > 1 else "")] = scores
+    for scfg, images, seconds in sample_settings(configs, examples.prompts[:n]):
+        scores = verifier_scores(images, examples.structured[:n])
+        scores["s_per_image"] = round(seconds / n, 4)
+        scale = scfg.true_cfg_scale
+        results[f"noise_{scfg.noise_level}" + (f"_cfg{scale:g}" if scale > 1 else "")] = scores
     return results
 
 

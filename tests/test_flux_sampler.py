@@ -95,6 +95,17 @@ def test_true_cfg_reproduces_stock_flux_pipeline_and_keeps_ratio_one():
     assert torch.equal(s.recompute_log_probs(sde), sde.log_probs)
     with pytest.raises(ValueError, match="true_cfg_scale"):  # another guidance scores other transitions
         FluxSampler(FluxSamplerConfig(**BASE, true_cfg_scale=2.0)).recompute_log_probs(sde)
+    # another T5 length: the negative prompt is encoded again to match, still as the stock pipeline does
+    s.cfg = FluxSamplerConfig(**{**BASE, "max_sequence_length": 16}, true_cfg_scale=3.0,
+                              negative_prompt="a blurry picture")
+    short = s.sample(PROMPTS[:1], seed=11, noise_level=0.0)
+    ref16 = s.pipe(
+        PROMPTS[0], negative_prompt="a blurry picture", true_cfg_scale=3.0, height=32, width=32,
+        num_inference_steps=4, guidance_scale=3.5, num_images_per_prompt=3,
+        generator=[torch.Generator().manual_seed(11 + i) for i in range(3)], output_type="latent",
+        max_sequence_length=16,
+    ).images
+    assert (short.latents[:, -1] - ref16).abs().max().item() == 0.0
 
 
 def test_bfloat16_ratio_is_exactly_one_and_math_stays_float32():

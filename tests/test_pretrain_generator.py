@@ -182,3 +182,19 @@ def test_generator_eval_bench_counts_every_missed_object(tmp_path, one_torch_thr
         generator_eval.load_world_preset("configs/dataset_easy.yaml"), 4, 1, "val").structured)
     for r in results.values():
         assert sum(r["misses"].values()) == round((1 - r["object_presence"]) * num_objects)
+
+
+def test_sample_settings_share_one_pipeline_and_refuse_another_model(one_torch_thread):
+    from spatialrl.flux_sampler import FluxSamplerConfig
+    from spatialrl.generator_pretrain import sample_settings
+
+    base = dict(model="tiny", resolution=32, num_steps=1, group_size=1, batch_size=2, max_sequence_length=32,
+                device="cpu")
+    configs = [FluxSamplerConfig(**base, true_cfg_scale=s) for s in (1.0, 2.0)]
+    out = list(sample_settings(configs, ["a red circle", "a blue square"]))
+    assert [c.true_cfg_scale for c, _, _ in out] == [1.0, 2.0]
+    assert all(images.shape == (2, 32, 32, 3) for _, images, _ in out)
+    assert not np.array_equal(out[0][1], out[1][1])  # the guidance was applied
+    with pytest.raises(ValueError, match="every config must load"):
+        list(sample_settings([configs[0], FluxSamplerConfig(**{**base, "model": "small"})], ["a red circle"]))
+
