@@ -123,7 +123,8 @@ def relation_questions(rng: np.random.Generator, world, n_scenes: int, image_siz
                 coord = m.cx if AXIS[rel.type] == "horizontal" else m.cy
                 gap = abs(coord[rel.subject] - coord[rel.object]) / scene.canvas * grid
             out.append({"image": image, "text": f" is the {a.colour} {a.shape} {QA_PHRASES[word][0]} the "
-                                                f"{b.colour} {b.shape}?", "truth": truth, "word": word, "gap": gap})
+                                                f"{b.colour} {b.shape}?", "truth": truth, "word": word, "gap": gap,
+                        "pair": (rel.subject, rel.object)})
     return out
 
 

@@ -75,6 +75,7 @@ class GRPOController:
         t0 = time.time()
         self.pgs = {name: reserve(name, res, timeout_s=cfg.cluster.placement_timeout_s) for name, res in roles.items()}
         restarts = cfg.cluster.actor_max_restarts
+        self.deployed_service = cfg.reward.backend == "serve" and deploy_reward_service(cfg.reward)
         self.samplers = [
             make_sampler_actor(cfg.sampler, name=sampler_actor_name(i), max_restarts=restarts,
                                **actor_options(self.pgs["sampler"], i, cfg.cluster.sampler))
@@ -240,6 +241,8 @@ class GRPOController:
     @staticmethod
     def _reward_metrics(groups: list[Group]) -> dict:
         out = {}
+        if "serve_retries" in groups[0].result:
+            out["faults/serve_retries"] = float(sum(grp.result["serve_retries"].sum() for grp in groups))
         for key in ("reward", "spatialscore", "relation_accuracy", "object_presence"):
             v = np.concatenate([grp.result[key] for grp in groups]).astype(np.float64)
             if np.isnan(v).all():
@@ -337,8 +340,38 @@ class GRPOController:
         for actor in self.samplers + self.rewarders:
             ray.kill(actor)
         self.learner.shutdown()
+        if self.deployed_service:
+            from ray import serve
+
+            serve.delete(self.cfg.reward.serve_app)
         for pg in self.pgs.values():
             remove_placement_group(pg)
+
+
+def deploy_reward_service(reward) -> bool:
+    """Deploy the SpatialScore Serve application `reward.serve_app` from `reward.checkpoint`, without an HTTP
+    proxy, unless an application of that name is already running (e.g. started by jobs.serve_reward)."""
+    from ray import serve
+
+    from actors.reward_service import build_app
+    from spatialrl.reward_api import ServeRewardConfig
+
+    try:
+        running = reward.serve_app in serve.status().applications
+    except Exception:  # Serve not started on this cluster yet
+        running = False
+    if running:
+        print(f"reward: using the running Serve application {reward.serve_app!r}", flush=True)
+        return False
+    cfg = ServeRewardConfig(checkpoint=reward.checkpoint, app_name=reward.serve_app, device=reward.device,
+                            scorer_batch_size=reward.batch_size)
+    cfg.replicas.min_replicas = cfg.replicas.max_replicas = reward.serve_replicas
+    cfg.replicas.num_cpus, cfg.replicas.num_gpus = reward.serve_num_cpus, reward.serve_num_gpus
+    cfg.batching.max_batch_size = reward.serve_max_batch_size
+    serve.start(proxy_location="Disabled")
+    serve.run(build_app(cfg), name=reward.serve_app, route_prefix=None)
+    print(f"reward: deployed the Serve application {reward.serve_app!r} ({reward.serve_replicas} replica(s))", flush=True)
+    return True
 
 
 def _progress(step: int, steps: int, row: dict) -> str:

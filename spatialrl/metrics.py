@@ -51,6 +51,20 @@ class MetricsLogger:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def service_metrics() -> dict:
+    """The reward service's counters and histograms, named like the gauges (`spatialrl_serve_*`)."""
+    from ray.util.metrics import Counter, Histogram
+
+    return {
+        "requests": Counter(gauge_name("serve/requests"), description="HTTP requests by status", tag_keys=("status",)),
+        "items": Counter(gauge_name("serve/items"), description="(prompt, image) items scored or asked for"),
+        "batch_size": Histogram(gauge_name("serve/batch_size"), description="requests per @serve.batch call",
+                                boundaries=[1, 2, 4, 8, 16, 32, 64]),
+        "latency_ms": Histogram(gauge_name("serve/latency_ms"), description="HTTP request latency (ms)",
+                                boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]),
+    }
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.exists():

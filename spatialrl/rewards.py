@@ -6,6 +6,11 @@ runs the pixel-only verifier on each image: that is the ground truth the reward 
 to the reward so reward hacking shows (reward up, verifier flat). `source="verifier"` trains on the verifier's
 relation accuracy instead: an oracle reward, useful to tell a weak reward model from a weak optimiser.
 `actors/reward_actor.py` wraps this class in Ray.
+
+`backend="serve"` scores through the SpatialScore Ray Serve application (`actors/reward_service.py`) by its
+DeploymentHandle instead of loading the model in each worker: the workers keep the verifier, the replicas
+(shared, batched, autoscaled) hold the model. A request lost with a dying replica is sent again (Serve
+replaces the replica), up to `serve_retries` times, and counted (`serve_retries` in each result).
 """
 
 from __future__ import annotations
@@ -24,10 +29,23 @@ class RewardConfig:
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
     batch_size: int = 16
     device: str = "auto"
+    backend: Literal["actors", "serve"] = "actors"  # serve: score through the SpatialScore Serve application
+    serve_app: str = "spatialscore"  # its name; the GRPO job deploys it from `checkpoint` unless it runs already
+    serve_replicas: int = 1
+    serve_num_cpus: float = 0.5
+    serve_num_gpus: float = 0.0
+    serve_max_batch_size: int = 8  # requests (one per prompt group) per batch
+    serve_retries: int = 3
 
     def validate(self) -> None:
         if self.source not in ("spatialscore", "verifier"):
             raise ConfigError(f"reward.source={self.source!r}: use spatialscore or verifier")
+        if self.backend not in ("actors", "serve"):
+            raise ConfigError(f"reward.backend={self.backend!r}: use actors (a model per reward actor) or serve")
+        if self.backend == "serve" and self.source != "spatialscore":
+            raise ConfigError("reward.backend=serve serves SpatialScore: use it with reward.source=spatialscore")
+        if self.serve_replicas < 1 or self.serve_max_batch_size < 1 or self.serve_retries < 0:
+            raise ConfigError("reward.serve_replicas and serve_max_batch_size must be >= 1, serve_retries >= 0")
         if self.source == "spatialscore" and not self.checkpoint:
             raise ConfigError(
                 "reward.checkpoint is empty: point it at a SpatialScore checkpoint (jobs.train_reward writes "
@@ -44,7 +62,9 @@ class RewardWorker:
         cfg.validate()
         self.cfg = cfg
         self.scorer = None
-        if cfg.source == "spatialscore":
+        if cfg.backend == "serve":
+            self.scorer = ServeScorer(cfg.serve_app, cfg.serve_retries)
+        elif cfg.source == "spatialscore":
             from spatialrl.scorer import SpatialScorer
 
             self.scorer = SpatialScorer.from_checkpoint(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
@@ -76,4 +96,39 @@ class RewardWorker:
                 raise ValueError("reward.source=verifier needs prompts with objects/relations (prompts_*.jsonl)")
             score = np.full(n, np.nan, dtype=np.float32)
             reward = rel
-        return {"reward": reward, "spatialscore": score, "relation_accuracy": rel, "object_presence": pres}
+        out = {"reward": reward, "spatialscore": score, "relation_accuracy": rel, "object_presence": pres}
+        if isinstance(self.scorer, ServeScorer):
+            out["serve_retries"] = np.array([self.scorer.pop_retries()], dtype=np.float32)
+        return out
+
+
+class ServeScorer:
+    """`SpatialScorer.score` through the Serve application's DeploymentHandle (no HTTP hop), with retries."""
+
+    def __init__(self, app_name: str, retries: int = 3, timeout_s: float = 600.0):
+        from ray import serve
+
+        self.handle = serve.get_app_handle(app_name)
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self._retried = 0
+
+    def score(self, prompts: list[str], images: list) -> np.ndarray:
+        import time
+
+        import ray
+
+        for attempt in range(self.retries + 1):
+            try:
+                out = self.handle.score.remote(list(prompts), list(images)).result(timeout_s=self.timeout_s)
+                return np.asarray(out, dtype=np.float32)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                if attempt == self.retries:
+                    raise RuntimeError(f"SpatialScore service: {self.retries + 1} attempts failed ({type(exc).__name__});"
+                                       f" raise reward.serve_retries or check the replicas' logs") from exc
+                self._retried += 1
+                time.sleep(1.0)
+
+    def pop_retries(self) -> int:
+        n, self._retried = self._retried, 0
+        return n

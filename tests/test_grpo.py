@@ -309,6 +309,53 @@ def test_killed_sampler_is_restarted_and_its_groups_redone(ray_local, data, full
             {k: v for k, v in training_keys(want).items() if not k.startswith("faults/")}, f"step {got['step']}"
 
 
+def test_serve_backend_gives_the_reward_actors_numbers(ray_local, data, full_run, tmp_path):
+    """reward.backend=serve: the reward workers score through the SpatialScore Serve application's handle (one
+    request per prompt group, unbatched here so the forward passes are the actors' own): the same run."""
+    from ray import serve
+
+    out = tmp_path / "run"
+    assert grpo_job.main(job_args(data, out, "reward.backend=serve", "reward.serve_max_batch_size=1")) == 0
+    assert "spatialscore" not in serve.status().applications  # the job removed what it deployed
+    for got, want in zip(rows_of(out), rows_of(full_run), strict=True):
+        assert got.pop("faults/serve_retries") == 0
+        assert training_keys(got) == training_keys(want), f"step {got['step']}"
+
+
+def test_killed_serve_replica_does_not_stop_the_run(ray_local, data, tmp_path):
+    """Kill the Serve replica once step 1 is logged: Serve replaces it, the lost request is sent again and
+    counted, and the run finishes every step on whole groups."""
+    from ray.util.state import list_actors
+
+    out = tmp_path / "run"
+    killed: list[str] = []
+    stop = threading.Event()
+
+    def killer():
+        metrics = out / "metrics.jsonl"
+        while not stop.is_set():
+            if metrics.exists() and metrics.read_text().count("\n") >= 1:
+                for a in list_actors(filters=[("state", "=", "ALIVE")]):
+                    if "SpatialScore" in a.class_name and "Replica" in a.class_name:
+                        ray_local.kill(ray_local.get_actor(a.name, namespace=a.ray_namespace), no_restart=True)
+                        killed.append(a.name)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert grpo_job.main(job_args(data, out, "reward.backend=serve", "grpo.steps=4")) == 0
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert killed, "no replica was killed"
+    rows = rows_of(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["topk/kept_groups"] == P for r in rows)
+    assert all("faults/serve_retries" in r for r in rows)
+
+
 def test_resume_continues_exactly(ray_local, data, full_run, tmp_path, capsys):
     """Stop after 2 steps (a checkpoint), resume to 4: steps 3-4 equal the straight 4-step run's."""
     out = tmp_path / "run"
