@@ -325,8 +325,6 @@ def test_serve_backend_gives_the_reward_actors_numbers(ray_local, data, full_run
 def test_killed_serve_replica_does_not_stop_the_run(ray_local, data, tmp_path):
     """Kill the Serve replica once step 1 is logged: Serve replaces it, the lost request is sent again and
     counted, and the run finishes every step on whole groups."""
-    from ray.util.state import list_actors
-
     out = tmp_path / "run"
     killed: list[str] = []
     stop = threading.Event()
@@ -335,10 +333,10 @@ def test_killed_serve_replica_does_not_stop_the_run(ray_local, data, tmp_path):
         metrics = out / "metrics.jsonl"
         while not stop.is_set():
             if metrics.exists() and metrics.read_text().count("\n") >= 1:
-                for a in list_actors(filters=[("state", "=", "ALIVE")]):
-                    if "SpatialScore" in a.class_name and "Replica" in a.class_name:
-                        ray_local.kill(ray_local.get_actor(a.name, namespace=a.ray_namespace), no_restart=True)
-                        killed.append(a.name)
+                for a in ray_local.util.list_named_actors(all_namespaces=True):
+                    if "SERVE_REPLICA" in a["name"] and "SpatialScore" in a["name"]:
+                        ray_local.kill(ray_local.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+                        killed.append(a["name"])
                 return
             time.sleep(0.002)
 
