@@ -7,6 +7,7 @@ The driver only shuts Ray down if it started it.
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 
@@ -24,6 +25,29 @@ RAY_DATA_ENV = {
 }
 
 
+# Driver variables that every worker needs too: offline Hugging Face, where models and fixtures live.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+FORWARDED_ENV = ("SPATIALRL_MODELS", "SPATIALRL_CACHE", "HF_HOME")
+# Set by `ray job submit` for the job's driver: the job's own runtime_env, which ray.init merges with ours.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def driver_runtime_env(environ: dict[str, str] | None = None) -> dict:
+    """The runtime_env this driver adds for its workers: the offline flags, the Ray Data settings and the
+    project's variables that are set here. Keys the submitted job's own runtime_env already sets are left out,
+    so Ray merges the two instead of refusing a conflict (the user's values win). {} when nothing is left."""
+    environ = os.environ if environ is None else environ
+    wanted = {**OFFLINE_ENV, **{k: environ[k] for k in RAY_DATA_ENV if k in environ},
+              **{k: environ[k] for k in FORWARDED_ENV if environ.get(k)}}
+    if environ.get(JOB_CONFIG_ENV):
+        try:
+            job_env = (json.loads(environ[JOB_CONFIG_ENV]).get("runtime_env") or {}).get("env_vars") or {}
+        except (json.JSONDecodeError, AttributeError):
+            job_env = {}
+        wanted = {k: v for k, v in wanted.items() if k not in job_env}
+    return {"env_vars": wanted} if wanted else {}
+
+
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None, log_to_driver: bool = True
 ) -> bool:
@@ -33,8 +57,7 @@ def init_ray(
     for key, value in RAY_DATA_ENV.items():
         os.environ.setdefault(key, value)  # a local Ray's workers inherit the driver's environment
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                **{k: os.environ[k] for k in RAY_DATA_ENV}}}
+    runtime_env = driver_runtime_env() or None
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False

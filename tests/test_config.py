@@ -70,3 +70,21 @@ def test_train_reward_rejects_bad_values_before_starting_ray(override, match, ca
     assert train_reward(["--config", "configs/reward_tiny.yaml", "--data", "/nowhere", "--out", "/tmp/never",
                          "--set", override]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_driver_runtime_env_merges_with_a_submitted_jobs_env():
+    """Under `ray job submit --runtime-env-json ...` the job's own env_vars win: keys it sets are left out of
+    the driver's runtime_env (Ray refuses a conflict otherwise); the project's variables are forwarded."""
+    import json
+
+    from cluster.runtime import JOB_CONFIG_ENV, driver_runtime_env
+
+    base = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2", "SPATIALRL_MODELS": "/models", "HF_HOME": ""}
+    env = driver_runtime_env(base)["env_vars"]
+    assert env == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2",
+                   "SPATIALRL_MODELS": "/models"}  # an empty HF_HOME is not forwarded
+    job = {"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "SPATIALRL_MODELS": "/other"}}}
+    env = driver_runtime_env({**base, JOB_CONFIG_ENV: json.dumps(job)})["env_vars"]
+    assert "HF_HUB_OFFLINE" not in env and "SPATIALRL_MODELS" not in env and env["TRANSFORMERS_OFFLINE"] == "1"
+    everything = {"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}}}
+    assert driver_runtime_env({JOB_CONFIG_ENV: json.dumps(everything)}) == {}

@@ -1,0 +1,154 @@
+"""The cluster path for real (slow tier, `make cluster-test`): two Ray nodes on this machine, token auth, jobs
+submitted through the job API, the sampler role pinned to the second node, the metrics endpoint scraped.
+
+The head is `ray start --head` on 127.0.0.1 with its own ports and temp dir, token authentication on
+(RAY_AUTH_MODE=token, the token in a file named by RAY_AUTH_TOKEN_PATH); the second node joins it and offers
+the custom resource `sampler_node`. Both are stopped at the end (only what this test started: `ray stop` would
+stop every Ray on the machine, so the test kills its own process groups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    token_file = tmp / "token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    gcs, dash, m1, m2, client = free_ports(5)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    procs = []
+
+    def start(args, log):
+        p = subprocess.Popen([ray_bin, "start", *args, *common], env=env, stdout=open(tmp / log, "w"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(p)
+        return p
+
+    start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--include-dashboard", "true", "--num-cpus", "2", "--metrics-export-port", str(m1),
+           "--ray-client-server-port", str(client), "--temp-dir", str(tmp / "ray")], "head.log")
+    dashboard = f"http://127.0.0.1:{dash}"
+    _wait_for(lambda: _get(f"{dashboard}/api/version", token_file.read_text()), 120, "the head's dashboard")
+    start(["--address", f"127.0.0.1:{gcs}", "--num-cpus", "1", "--resources", json.dumps({"sampler_node": 1}),
+           "--metrics-export-port", str(m2)], "worker.log")
+    _wait_for(lambda: _alive_nodes(dashboard, token_file.read_text()) >= 2, 120, "the second node")
+    yield {"tmp": tmp, "env": env, "dashboard": dashboard, "token": token_file.read_text(),
+           "metrics": [f"http://127.0.0.1:{m1}/metrics", f"http://127.0.0.1:{m2}/metrics"], "ray": ray_bin}
+    for p in procs[::-1]:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _get(url: str, token: str | None = None, timeout: float = 10) -> str:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def _alive_nodes(dashboard: str, token: str) -> int:
+    data = json.loads(_get(f"{dashboard}/api/v0/nodes?limit=10", token))
+    return sum(1 for n in data["data"]["result"]["result"] if n["state"] == "ALIVE")
+
+
+def _wait_for(check, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"{what} did not come up within {timeout_s:g} s (last: {last!r})")
+
+
+def submit(cluster, *entrypoint: str, runtime_env: dict | None = None, timeout_s: float = 900) -> str:
+    """`ray job submit` as a user runs it: the job API with the token, the repo as working dir."""
+    cmd = [cluster["ray"], "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT)]
+    if runtime_env:
+        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
+    out = subprocess.run([*cmd, "--", *entrypoint], env=cluster["env"], capture_output=True, text=True,
+                         timeout=timeout_s, cwd=ROOT)
+    assert out.returncode == 0, f"job failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out.stdout
+
+
+def test_unauthenticated_job_api_is_refused(cluster):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(f"{cluster['dashboard']}/api/jobs/")
+    assert err.value.code in (401, 403)
+
+
+def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(cluster):
+    shared = cluster["tmp"] / "shared"
+    data = shared / "dataset"
+    # the user's own runtime_env sets a key the project sets too: merged, not refused
+    out = submit(cluster, "python", "-m", "jobs.build_dataset", "--pairs", "60", "--seed", "3", "--out", str(data),
+                 "--config", "configs/dataset_easy.yaml", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    assert (data / "manifest.json").is_file(), out
+    run = shared / "grpo"
+    sets = ["reward.source=verifier", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.eval_prompts=0",
+            f"data.prompts={data / 'prompts_train.jsonl'}",
+            "cluster.sampler.resources={sampler_node: 1}", "cluster.sampler.num_cpus=0.5",
+            "cluster.reward.num_cpus=0.5", "cluster.learner.num_cpus=0.5"]
+    out = submit(cluster, "python", "-m", "jobs.grpo", "--out", str(run), *[a for s in sets for a in ("--set", s)])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2], out
+    # which node ran which role: the actor table (dead actors keep their node)
+    actors = json.loads(_get(f"{cluster['dashboard']}/api/v0/actors?limit=1000&detail=1", cluster["token"]))
+    nodes = {a["name"]: a["node_id"] for a in actors["data"]["result"]["result"]
+             if (a.get("name") or "").startswith("spatialrl/")}
+    node_list = json.loads(_get(f"{cluster['dashboard']}/api/v0/nodes?limit=10", cluster["token"]))
+    worker = [n["node_id"] for n in node_list["data"]["result"]["result"] if n["resources_total"].get("sampler_node")]
+    assert len(worker) == 1
+    assert nodes["spatialrl/sampler-0"] == worker[0], nodes
+    assert nodes["spatialrl/reward-0"] != worker[0] and nodes["spatialrl/learner-0"] != worker[0], nodes
+    # the run's gauges reach a metrics endpoint as ray_spatialrl_* series
+    def scraped():
+        text = "".join(_get(url) for url in cluster["metrics"])
+        return "ray_spatialrl_reward_mean" in text and "ray_spatialrl_topk_kept_fraction" in text
+    _wait_for(scraped, 60, "the ray_spatialrl_* series on the metrics endpoints")
