@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu demo demo-from-scratch bench-data clean
+.PHONY: setup test test-all test-slow test-gpu cluster-test demo demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -23,6 +23,10 @@ test-slow: setup
 
 test-gpu: setup
 	$(PYTEST) -m gpu -q
+
+## two real Ray nodes on this machine: token auth, jobs submitted, the sampler on the second node, metrics scraped
+cluster-test: setup
+	$(PYTEST) tests/test_cluster.py -m slow -q
 
 ## the main job on its embedded default, into runs/demo/
 demo: setup

@@ -31,6 +31,7 @@ from typing import Literal
 
 from data_pipeline.reader import ReaderConfig
 from spatialrl.config import ConfigError, add_config_args, dump_yaml, job_config
+from spatialrl.metrics import MetricsLogger
 from spatialrl.reward_model import RewardModelConfig
 
 RUN_NAME = "train_reward"
@@ -170,6 +171,8 @@ def train_func(config: dict) -> None:
             start_epoch, global_step = state["epoch"] + 1, state["global_step"]
     collate = PairCollator.from_config(cfg.reader)
     metrics_path = Path(config["metrics_path"])
+    # rank 0 logs through the one metrics path: metrics.jsonl and the dashboard's spatialrl_* gauges
+    logger = MetricsLogger(metrics_path, run=metrics_path.parent.name) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, cfg.epochs):
@@ -187,10 +190,8 @@ def train_func(config: dict) -> None:
             run_correct += m["reward/accuracy"] * b
             run_n += b
             if rank == 0 and (global_step % cfg.log_every == 0 or step == 0):
-                row = {"step": global_step, "epoch": epoch, **m, "train/running_accuracy": run_correct / run_n,
-                       "lr": engine.get_lr()[0], "perf/pairs_per_s_rank0": seen / (time.time() - t0)}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                logger.log(global_step, {"epoch": epoch, **m, "train/running_accuracy": run_correct / run_n,
+                                         "lr": engine.get_lr()[0], "perf/pairs_per_s_rank0": seen / (time.time() - t0)})
                 print(f"[epoch {epoch} step {global_step}] loss {m['loss/reward']:.4f} "
                       f"acc(batch) {m['reward/accuracy']:.3f} running acc {run_correct / run_n:.3f}", flush=True)
         val = evaluate(engine, val_shard, collate, cfg)
@@ -201,8 +202,7 @@ def train_func(config: dict) -> None:
             if rank == 0:
                 (Path(tmp) / "train_state.json").write_text(json.dumps({"epoch": epoch, "global_step": global_step}))
                 engine.module.save_pretrained(Path(tmp) / "model")  # peft adapter + head (ZeRO-2 keeps full params)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(report) + "\n")
+                logger.log(global_step, {k: v for k, v in report.items() if k != "step"})
                 print(f"[epoch {epoch}] val accuracy {val['val/accuracy']:.4f} on {val['val/pairs']} pairs", flush=True)
             ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
 

@@ -31,3 +31,24 @@ def test_every_custom_resource_of_the_gpu_preset_has_a_node_type():
         wanted = preset["cluster"][role].get("resources", {})
         assert wanted and set(wanted) <= offered, (role, wanted, offered)
         assert preset["cluster"][role]["num_gpus"] > 0
+
+
+def test_grafana_dashboard_queries_series_the_code_emits():
+    """Every panel queries a ray_spatialrl_* series whose key the code logs (through spatialrl.metrics)."""
+    import json
+    import re
+
+    from spatialrl.metrics import gauge_name
+
+    dash = json.loads((ROOT / "cluster/grafana/spatialrl.json").read_text())
+    source = "".join(p.read_text() for d in ("spatialrl", "jobs", "actors") for p in (ROOT / d).rglob("*.py"))
+    logged = set(re.findall(r'"([a-z]+/[a-z_/0-9]+)"', source))
+    emitted = {"ray_" + gauge_name(k) for k in logged}
+    titles = [p["title"] for p in dash["panels"]]
+    for want in ("reward", "Verifier", "Top-k", "ratio", "Images per second", "Reward training", "latency", "staleness"):
+        assert any(want.lower() in t.lower() for t in titles), want
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            for series in re.findall(r"ray_spatialrl_[a-z_0-9]+", target["expr"]):
+                base = re.sub(r"_(total|bucket|sum|count)$", "", series)
+                assert base in emitted, (panel["title"], series)
