@@ -162,6 +162,7 @@ def _make_example(rng, world, args, *, blur=True):
     grid = args.image_size // 28
     allowed = args.relations.split(",")
     segments, info = [], []
+    hints = []  # (segment index of a question, subject colour, colours the subject stands in the asked relation to)
 
     def add(text, trained=False, gap=None, n_tokens=1):
         segments.append((text, trained))
@@ -200,6 +201,12 @@ def _make_example(rng, world, args, *, blur=True):
         if args.style == "yes_no":
             phrase = QA_PHRASES[word][0] if not args.all_phrases else QA_PHRASES[word][int(rng.integers(3))]
             add(f" is the {name(rng, A, args.synonym_prob)} {phrase} the {name(rng, B, args.synonym_prob)}?")
+            # hint targets at the "?" token: A's colour, and the colours of the objects A is `word` of
+            from data_pipeline.relations import relation_score
+
+            others = [scene.objects[k].colour for k in range(len(scene.objects))
+                      if k != s and relation_score(m, s, word, k, world.margins) >= 1]
+            hints.append((len(segments) - 1, A.colour, others))
             add(" yes" if truth else " no", True, gap)
         else:  # which: the answer is the object for which `word` holds against the other
             winner = rel.subject
@@ -212,7 +219,9 @@ def _make_example(rng, world, args, *, blur=True):
     if args.list == "after":
         grounding()
     rel = relation_targets(scene, m, labels, args.image_size, world) if args.relation_loss > 0 else None
-    return Example(img, segments, "easy", [], patch_targets(scene, labels, args.image_size), rel), info
+    ex = Example(img, segments, "easy", [], patch_targets(scene, labels, args.image_size), rel)
+    ex.hints = hints
+    return ex, info
 
 
 def check_token_counts(encoder, examples):
@@ -296,19 +305,24 @@ def encode_mixed(encoder, examples):
 
     proc, tok = encoder.processor, encoder.tokenizer
     rows = []  # (ids, labels, mm_types)
+    hint_rows = []  # per non-match row: (position in the row, subject colour, colour set)
     for ex in examples:
         if isinstance(ex, MatchExample):
             enc = proc(text=[reward_text(proc, ex.prompt)], images=[ex.image], return_tensors="pt")
             ids = enc["input_ids"][0].tolist()
             answer = encoder.yes_no[0] if ex.truth else encoder.yes_no[1]
             rows.append((ids + [answer], [-100] * len(ids) + [answer], enc["mm_token_type_ids"][0].tolist() + [0]))
+            hint_rows.append([])
         else:
             ids, lab = list(encoder.prefix["input_ids"].tolist()), [-100] * len(encoder.prefix["input_ids"])
             mm = list(encoder.prefix["mm_token_type_ids"].tolist())
-            for text, trained in ex.segments:
+            ends = {}
+            for si, (text, trained) in enumerate(ex.segments):
                 piece = encoder._ids(text)
                 ids += piece
                 lab += piece if trained else [-100] * len(piece)
+                ends[si] = len(ids) - 1
+            hint_rows.append([(ends[si], a, others) for si, a, others in getattr(ex, "hints", [])])
             rows.append((ids, lab, mm + [0] * (len(ids) - len(mm))))
     width = max(len(r[0]) for r in rows)
     b = len(rows)
@@ -329,7 +343,38 @@ def encode_mixed(encoder, examples):
         batch["patch_targets"] = torch.from_numpy(np.stack([ex.patch_targets for ex in examples]))  # [B, T, W]
     if all(ex.relation_targets is not None for ex in examples):
         batch["relation_targets"] = torch.from_numpy(np.stack([ex.relation_targets for ex in examples]))
+    from spatialrl.backbone_pretrain import RELATION_WORDS
+
+    where, first, sets = [], [], []
+    for r, (hs, (ids, _, _)) in enumerate(zip(hint_rows, rows)):
+        start = width - len(ids)
+        for pos, a, others in hs:
+            where.append((r, start + pos))
+            first.append(RELATION_WORDS.index(a))
+            vec = np.zeros(len(RELATION_WORDS), dtype=np.float32)
+            for c in others:
+                vec[RELATION_WORDS.index(c)] += 1 / len(others)
+            if not others:
+                vec[-1] = 1.0
+            sets.append(vec)
+    if where:
+        batch["hint_where"] = torch.tensor(where)  # [N, 2]: row, position of a question's "?"
+        batch["hint_first"] = torch.tensor(first)  # [N]: index of the subject's colour in RELATION_WORDS
+        batch["hint_set"] = torch.from_numpy(np.stack(sets))  # [N, W]
     return batch
+
+
+def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]) -> torch.Tensor:
+    """Logit-lens cross-entropy at each question's "?" token: after layers[0] decoder layers the subject's colour,
+    after layers[1] the colours the subject stands in the asked relation to (a soft set). Both are first-order
+    steps toward the answer (find the subject, read its relation set), so no XOR plateau stands in front of them."""
+    r, c = hints["hint_where"][:, 0], hints["hint_where"][:, 1]
+    norm = model.model.language_model.norm
+    ids = encoder.relation_word_ids
+    lp1 = torch.log_softmax(model.lm_head(norm(hidden[layers[0]][r, c])).float(), dim=-1)[:, ids]  # [N, W]
+    lp2 = torch.log_softmax(model.lm_head(norm(hidden[layers[1]][r, c])).float(), dim=-1)[:, ids]
+    first = -lp1.gather(1, hints["hint_first"][:, None]).mean()
+    return first + (-(hints["hint_set"] * lp2).sum(-1).mean())
 
 
 @torch.no_grad()
@@ -447,6 +492,9 @@ def main():
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-scenes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hint-loss", type=float, default=0.0,
+                   help="weight of the question hints at the '?' token (subject colour, then its relation set)")
+    p.add_argument("--hint-layers", default="2,4", help="decoder layers done for the two hints (1-based)")
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
@@ -470,6 +518,12 @@ def main():
     data = PretrainDataConfig(patch_loss_weight=args.patch_loss, position_loss_weight=args.position_loss,
                               position_loss_layer=args.position_layer, relation_loss_weight=args.relation_loss,
                               relation_loss_layers=[int(x) for x in args.relation_layers.split(",")])
+    hint_layers = tuple(int(x) for x in args.hint_layers.split(","))
+    captured: dict[int, torch.Tensor] = {}
+    if args.hint_loss > 0:
+        for layer in set(hint_layers):
+            model.model.language_model.layers[layer - 1].register_forward_hook(
+                lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     text = model.config.text_config
     n_params = sum(q.numel() for q in model.parameters())
@@ -499,7 +553,13 @@ def main():
         rng = np.random.default_rng([args.seed, 1, step])
         batch = encode_mixed(encoder, [make_match_example(rng, world, args)[0] if rng.random() < args.match_fraction
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)])
+        hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set") if k in batch}
+        captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data)
+        if args.hint_loss > 0 and hints:
+            h = hint_loss(model, encoder, captured, hints, hint_layers)
+            parts["loss/hint"] = h.item()
+            loss = loss + args.hint_loss * h
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
