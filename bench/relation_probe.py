@@ -267,21 +267,6 @@ def make_match_example(rng, world, args, *, blur=True):
     return MatchExample(img, writer.write(flipped), truth, patch_targets(scene, labels, args.image_size), rel_t), min(gaps)
 
 
-def make_pair_eval(seed, world, args, n):
-    """n dataset-style preference pairs (data_pipeline.pairs.make_pair: the perturbed IMAGE, the same prompt) on
-    seeds no dataset uses; scored as the reward model will be, by the yes-minus-no margin of each side."""
-    from data_pipeline.dataset_io import decode_image
-    from data_pipeline.pairs import make_pair
-
-    out = []
-    for i in range(n):
-        row = make_pair(i, seed, "test", world)
-        chosen, rejected = (decode_image(row[k]).convert("RGB").resize((args.image_size,) * 2, Image.BILINEAR)
-                            for k in ("chosen_image", "rejected_image"))
-        out.append((row["prompt"], chosen, rejected, int(row["num_perturbations"])))
-    return out
-
-
 class MatchExample:
     def __init__(self, image, prompt, truth, patch, rel):
         self.image, self.prompt, self.truth = image, prompt, truth
@@ -378,44 +363,29 @@ def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]
 
 
 @torch.no_grad()
-def yes_margin(model, encoder, prompts, images):
-    """logit(yes) - logit(no) at the last prompt token for each (prompt, image): the backbone's own judgement."""
-    from data_pipeline.reader import reward_text
-
-    proc = encoder.processor
-    yes, no = encoder.yes_no
-    out = []
-    for start in range(0, len(prompts), 32):
-        texts = [reward_text(proc, p) for p in prompts[start:start + 32]]
-        enc = proc(text=texts, images=images[start:start + 32], return_tensors="pt", padding=True)
-        h = model.model(**enc, use_cache=False, return_dict=True).last_hidden_state[:, -1]  # [B, H] (left padded)
-        logits = model.lm_head(h)
-        out += (logits[:, yes] - logits[:, no]).tolist()
-    return out
-
-
-@torch.no_grad()
 def evaluate_match(model, encoder, match_set, pair_set):
+    """The reward question on the match set (by gap), and dataset-style pairs won by the larger yes-no margin."""
+    from spatialrl.backbone_eval import yes_margin
+
     model.eval()
     hits = {"all": [], "<1": [], "1-2": [], ">=2": []}
-    margins = yes_margin(model, encoder, [ex.prompt for ex, _ in match_set], [ex.image for ex, _ in match_set])
+    margins = yes_margin(model, encoder.processor, [ex.prompt for ex, _ in match_set], [ex.image for ex, _ in match_set])
     for (ex, gap), mg in zip(match_set, margins):
         ok = (mg > 0) == ex.truth
         hits["all"].append(ok)
         hits["<1" if gap < 1 else "1-2" if gap < 2 else ">=2"].append(ok)
     out = {f"match/{k}": (float(np.mean(v)) if v else float("nan"), len(v)) for k, v in hits.items()}
     if pair_set:
-        prompts = [p for p, *_ in pair_set]
-        c = yes_margin(model, encoder, prompts, [x[1] for x in pair_set])
-        r = yes_margin(model, encoder, prompts, [x[2] for x in pair_set])
+        prompts = [p["prompt"] for p in pair_set]
+        c = yes_margin(model, encoder.processor, prompts, [p["chosen"] for p in pair_set])
+        r = yes_margin(model, encoder.processor, prompts, [p["rejected"] for p in pair_set])
         wins = np.array([a > b for a, b in zip(c, r)])
-        k = np.array([x[3] for x in pair_set])
+        k = np.array([p["k"] for p in pair_set])
         out["pairs/all"] = (float(wins.mean()), len(wins))
         for level in sorted(set(k.tolist())):
             out[f"pairs/{level}pert"] = (float(wins[k == level].mean()), int((k == level).sum()))
     model.train()
     return out
-
 
 # ------------------------------------------------------------------------------------------------ eval
 
@@ -514,7 +484,9 @@ def main():
     check_token_counts(encoder, eval_set[:20])
     match_rng = np.random.default_rng([args.seed, 515151])
     match_set = [make_match_example(match_rng, world, args, blur=False) for _ in range(args.match_scenes)]
-    pair_set = make_pair_eval(args.seed + 90_001, world, args, args.pair_eval) if args.pair_eval else []
+    from spatialrl.backbone_eval import pair_items
+
+    pair_set = pair_items(args.seed + 90_001, world, args.pair_eval, args.image_size) if args.pair_eval else []
     data = PretrainDataConfig(patch_loss_weight=args.patch_loss, position_loss_weight=args.position_loss,
                               position_loss_layer=args.position_layer, relation_loss_weight=args.relation_loss,
                               relation_loss_layers=[int(x) for x in args.relation_layers.split(",")])
