@@ -75,7 +75,8 @@ class GRPOController:
         t0 = time.time()
         self.pgs = {name: reserve(name, res, timeout_s=cfg.cluster.placement_timeout_s) for name, res in roles.items()}
         restarts = cfg.cluster.actor_max_restarts
-        self.deployed_service = cfg.reward.backend == "serve" and deploy_reward_service(cfg.reward)
+        # "" (nothing deployed), "app" (our application on a running Serve) or "serve" (Serve started here)
+        self.deployed_service = deploy_reward_service(cfg.reward) if cfg.reward.backend == "serve" else ""
         self.samplers = [
             make_sampler_actor(cfg.sampler, name=sampler_actor_name(i), max_restarts=restarts,
                                **actor_options(self.pgs["sampler"], i, cfg.cluster.sampler))
@@ -343,14 +344,17 @@ class GRPOController:
         if self.deployed_service:
             from ray import serve
 
-            serve.delete(self.cfg.reward.serve_app)
+            # Serve started here (without an HTTP proxy) goes away with the run, so that a later
+            # jobs.serve_reward on this cluster starts its own with the proxy it asks for
+            serve.shutdown() if self.deployed_service == "serve" else serve.delete(self.cfg.reward.serve_app)
         for pg in self.pgs.values():
             remove_placement_group(pg)
 
 
-def deploy_reward_service(reward) -> bool:
-    """Deploy the SpatialScore Serve application `reward.serve_app` from `reward.checkpoint`, without an HTTP
-    proxy, unless an application of that name is already running (e.g. started by jobs.serve_reward)."""
+def deploy_reward_service(reward) -> str:
+    """Deploy the SpatialScore Serve application `reward.serve_app` from `reward.checkpoint` unless an application
+    of that name is already running (e.g. started by jobs.serve_reward). Starts Serve without an HTTP proxy when
+    it is not running. Returns "" (used a running application), "app" (deployed on a running Serve) or "serve"."""
     from ray import serve
 
     from actors.reward_service import build_app
@@ -362,16 +366,21 @@ def deploy_reward_service(reward) -> bool:
         running = False
     if running:
         print(f"reward: using the running Serve application {reward.serve_app!r}", flush=True)
-        return False
+        return ""
     cfg = ServeRewardConfig(checkpoint=reward.checkpoint, app_name=reward.serve_app, device=reward.device,
                             scorer_batch_size=reward.batch_size)
     cfg.replicas.min_replicas = cfg.replicas.max_replicas = reward.serve_replicas
     cfg.replicas.num_cpus, cfg.replicas.num_gpus = reward.serve_num_cpus, reward.serve_num_gpus
     cfg.batching.max_batch_size = reward.serve_max_batch_size
-    serve.start(proxy_location="Disabled")
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        started = "app"
+    except ValueError:
+        started = "serve"
+        serve.start(proxy_location="Disabled")
     serve.run(build_app(cfg), name=reward.serve_app, route_prefix=None)
     print(f"reward: deployed the Serve application {reward.serve_app!r} ({reward.serve_replicas} replica(s))", flush=True)
-    return True
+    return started
 
 
 def _progress(step: int, steps: int, row: dict) -> str:
