@@ -7,7 +7,9 @@
   rewards), everything else equal.
 
 Each variant is a full `jobs.grpo` run (its own actors) in one local Ray, in alternating order when
-`--repeats` > 1. Prints a markdown table and writes JSON next to the runs.
+`--repeats` > 1. `--seeds 0,1,2` runs every variant once per seed (grpo.seed: prompt order, sampling noise,
+evaluation seeds) and reports the held-out gain (paired over the same images before and after) as the mean over
+seeds with its standard error across seeds. Prints a markdown table and writes JSON next to the runs.
 
     python -m bench.grpo topk --config configs/grpo_demo.yaml --out runs/bench-topk --set sampler.model=... \
         --set reward.checkpoint=... --set data.prompts=... --set data.eval_prompts=...
@@ -47,7 +49,23 @@ def summarize(run: Path) -> dict:
         if when in summary:
             out[f"eval_{when}_verifier"] = summary[when].get("relation_accuracy")
             out[f"eval_{when}_spatialscore"] = summary[when].get("spatialscore")
+            out[f"eval_{when}_presence"] = summary[when].get("object_presence")
+    if "relation_accuracy_per_image" in summary.get("base", {}) and "final" in summary:
+        from spatialrl.evaluation import paired_gain
+
+        gain, se, n = paired_gain(summary["base"]["relation_accuracy_per_image"],
+                                  summary["final"]["relation_accuracy_per_image"])
+        out.update({"eval_gain": gain, "eval_gain_se": se, "eval_images": n})
     return out
+
+
+def across_seeds(rs: list[dict], key: str) -> tuple[float, float]:
+    """Mean over runs and its standard error across runs (NaN with one run)."""
+    xs = [r[key] for r in rs if r.get(key) is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+    return statistics.fmean(xs), se
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--k", type=int, default=6, help="Top-k's k for the `topk` comparison")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--seeds", default="", help="comma list of grpo.seed values, one run of each variant per seed")
     args = p.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [None] * args.repeats
 
     from cluster.runtime import ray_session
     from jobs import grpo
@@ -66,12 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     variants = VARIANTS[args.what](args.k)
     results: dict[str, list[dict]] = {name: [] for name in variants}
     with ray_session():
-        for rep in range(args.repeats):
+        for rep, seed in enumerate(seeds):
             order = list(variants) if rep % 2 == 0 else list(reversed(variants))
             for name in order:
-                run = args.out / f"{name.split(' (')[0].replace(' ', '_')}_{rep}"
+                tag = f"seed{seed}" if seed is not None else str(rep)
+                run = args.out / f"{name.split(' (')[0].replace(' ', '_')}_{tag}"
                 cmd = (["--config", args.config] if args.config else []) + ["--out", str(run), "--overwrite"]
-                for o in args.overrides + variants[name]:
+                for o in args.overrides + variants[name] + ([f"grpo.seed={seed}"] if seed is not None else []):
                     cmd += ["--set", o]
                 rc = grpo.main(cmd)
                 if rc:
@@ -84,6 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|" + "---|" * len(keys))
     for name, row in table.items():
         print(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.4g}" for k in keys) + " |")
+    if any("eval_gain" in r for rs in results.values() for r in rs):
+        print(f"\nheld-out verifier relation accuracy gain (paired per image), mean over {len(seeds)} run(s) "
+              f"+- standard error across runs:")
+        print("| variant | base | after | gain | per run (gain +- its paired se) |\n|---|---|---|---|---|")
+        for name, rs in results.items():
+            gain, se = across_seeds(rs, "eval_gain")
+            base, _ = across_seeds(rs, "eval_base_verifier")
+            after, _ = across_seeds(rs, "eval_final_verifier")
+            per = ", ".join(f"{r['eval_gain']:+.3f} +- {r['eval_gain_se']:.3f}" for r in rs if "eval_gain" in r)
+            print(f"| {name} | {base:.3f} | {after:.3f} | {gain:+.3f} +- {se:.3f} | {per} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"bench_{args.what}.json").write_text(json.dumps({"runs": results, "mean": table}, indent=2))
     return table

@@ -12,11 +12,14 @@ FLUX.1-dev weights, and runs the three stages of the paper in the world setting 
   5. summary.json held-out prompts' mean SpatialScore and verifier relation accuracy, base vs after GRPO,
                   and the reward model's pairwise accuracy
 
+`--control` adds control/: the same GRPO with the pixel verifier as the reward (the ground truth SpatialScore
+stands in for), reported beside the main result: what the RL stage achieves with a reward that measures space.
+
 Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
 pretrained/ and uses those instead of the shipped assets.
 
-    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch]
+    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch] [--control]
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--from-scratch", action="store_true", help="also rerun the two pretraining jobs")
+    parser.add_argument("--control", action="store_true",
+                        help="also run GRPO with the verifier as the reward into OUT/control (the RL control)")
     parser.add_argument("--backbone", type=Path, default=ASSETS / "qwen2_5_vl",
                         help="the reward model's Qwen2.5-VL folder (default: the shipped tiny-pretrained one)")
     parser.add_argument("--generator", type=Path, default=ASSETS / "flux",
@@ -138,46 +143,76 @@ def main(argv: list[str] | None = None) -> int:
              "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
              "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
              *[x for o in args.grpo_overrides for x in ("--set", o)]]))
+        if args.control:
+            stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
+                  lambda: grpo.main(
+                      ["--config", args.grpo_config, "--out", str(out / "control"), "--overwrite",
+                       "--set", f"sampler.model={generator}", "--set", "reward.source=verifier",
+                       "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
+                       "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
+                       *[x for o in args.grpo_overrides for x in ("--set", o)]]))
     summary = summarize(out, time.time() - t_start, random_models=random_note)
-    g = summary["grpo"]
-    gain, se = g["verifier_gain"], g["verifier_gain_se"]
-    if summary["models"] != "pretrained":
-        verdict = "the models are random tiny fixtures, so this difference is noise, not a result"
-    elif gain > 2 * se:
-        verdict = "GRPO raised the verifier's relation accuracy on held-out prompts"
-    else:
-        verdict = "GRPO did not clearly raise the verifier's relation accuracy on held-out prompts"
-    print(f"\nRESULT: {verdict} (gain {gain:+.4f}, standard error {se:.4f}); see {run / 'curves.png'}", flush=True)
+    for key, run_dir, what in (("grpo", run, "GRPO"), ("control", out / "control", "GRPO with the verifier reward")):
+        if key not in summary:
+            continue
+        g = summary[key]
+        gain, se = g["verifier_gain"], g["verifier_gain_se"]
+        if summary["models"] != "pretrained":
+            verdict = "the models are random tiny fixtures, so this difference is noise, not a result"
+        elif gain > 2 * se:
+            verdict = f"{what} raised the verifier's relation accuracy on held-out prompts"
+        else:
+            verdict = f"{what} did not clearly raise the verifier's relation accuracy on held-out prompts"
+        print(f"RESULT: {verdict} (gain {gain:+.4f}, standard error {se:.4f}); see {run_dir / 'curves.png'}",
+              flush=True)
+        hack = g.get("reward_hacking")
+        if hack and hack.get("fired_steps"):
+            print(f"        {hack['verdict']}", flush=True)
     return 0
+
+
+def grpo_summary(run: Path) -> dict:
+    """Held-out numbers of one GRPO run folder, with the paired gain in verifier relation accuracy."""
+    from spatialrl.evaluation import paired_gain
+
+    g = json.loads((run / "summary.json").read_text())
+    base, final = g["base"], g["final"]
+    if "relation_accuracy_per_image" in base:  # same prompts and seeds before and after: paired
+        gain, se, _ = paired_gain(base["relation_accuracy_per_image"], final["relation_accuracy_per_image"])
+        presence_gain, _, _ = paired_gain(base.get("object_presence_per_image", []),
+                                          final.get("object_presence_per_image", []))
+    else:  # an older run: two independent accuracies over about one relation per image
+        gain = final["relation_accuracy"] - base["relation_accuracy"]
+        se = math.sqrt(sum(a * (1 - a) for a in (base["relation_accuracy"], final["relation_accuracy"]))
+                       / max(1, base["images"]))
+        presence_gain = final.get("object_presence", 0) - base.get("object_presence", 0)
+    side = ("spatialscore", "relation_accuracy", "object_presence")
+    return {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
+            "base": {k: base.get(k) for k in side}, "after_grpo": {k: final.get(k) for k in side},
+            "verifier_gain": round(gain, 4), "verifier_gain_se": round(se, 4),
+            "presence_change": round(presence_gain, 4), "lora": str(run / "final"),
+            "reward_hacking": g.get("reward_hacking")}
 
 
 def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
     v = json.loads((out / "verify.json").read_text())
     r = json.loads((out / "reward" / "eval.json").read_text())
-    g = json.loads((out / "grpo" / "summary.json").read_text())
-    base, final = g["base"], g["final"]
+    g = grpo_summary(out / "grpo")
     summary = {
         "models": random_models or "pretrained",
         "dataset": {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
                     "rejected_exact_violations": v["rejected_exact_violations"]},
         "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs") if k in r},
-        "grpo": {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
-                 "base": {"spatialscore": base.get("spatialscore"), "relation_accuracy": base.get("relation_accuracy"),
-                          "object_presence": base.get("object_presence")},
-                 "after_grpo": {"spatialscore": final.get("spatialscore"),
-                                "relation_accuracy": final.get("relation_accuracy"),
-                                "object_presence": final.get("object_presence")},
-                 "verifier_gain": round(final["relation_accuracy"] - base["relation_accuracy"], 4),
-                 # two independent accuracies over about one relation per image: the difference's standard error
-                 "verifier_gain_se": round(math.sqrt(sum(a * (1 - a) for a in (
-                     base["relation_accuracy"], final["relation_accuracy"])) / max(1, base["images"])), 4),
-                 "lora": str(out / "grpo" / "final")},
+        "grpo": g,
         "seconds": round(seconds, 1),
     }
+    if (out / "control" / "summary.json").is_file():
+        summary["control"] = grpo_summary(out / "control")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [("generator", "mean SpatialScore", "verifier relation accuracy", "object presence"),
-            ("base generator", base.get("spatialscore"), base.get("relation_accuracy"), base.get("object_presence")),
-            ("after GRPO", final.get("spatialscore"), final.get("relation_accuracy"), final.get("object_presence"))]
+            ("base generator", *g["base"].values()), ("after GRPO (SpatialScore reward)", *g["after_grpo"].values())]
+    if "control" in summary:
+        rows.append(("after GRPO (verifier reward, control)", *summary["control"]["after_grpo"].values()))
     lines = [f"| {' | '.join(str(c) for c in row)} |" for row in rows]
     lines.insert(1, "|---|---|---|---|")
     print("\n" + "\n".join(lines))

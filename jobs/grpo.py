@@ -52,6 +52,10 @@ class GRPOLoopConfig:
     eval_prompts: int = 8  # held-out prompts evaluated (ODE) before and after training; 0 = skip
     eval_images_per_prompt: int = 2
     max_retries: int = 3  # re-dispatches of one group after actor failures before the job gives up
+    # reward-hacking monitor: over the last hack_window steps, the reward's trend t >= hack_z while the verifier's
+    # relation accuracy on the same rollouts does not rise -> metric monitor/hacking = 1, a warning, the summary
+    hack_window: int = 10
+    hack_z: float = 2.0
 
     def validate(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1:
@@ -62,6 +66,8 @@ class GRPOLoopConfig:
             raise ConfigError(f"grpo.max_staleness={self.max_staleness}: 0 (on-policy) or more")
         if self.save_every < 1 or self.grid_every < 1:
             raise ConfigError("grpo.save_every and grpo.grid_every must be >= 1")
+        if self.hack_window < 3 or self.hack_z <= 0:
+            raise ConfigError(f"grpo.hack_window={self.hack_window} (>= 3) and grpo.hack_z={self.hack_z} (> 0)")
         if self.eval_prompts < 0 or self.eval_images_per_prompt < 1 or self.max_retries < 0:
             raise ConfigError("grpo.eval_prompts >= 0, grpo.eval_images_per_prompt >= 1, grpo.max_retries >= 0")
 

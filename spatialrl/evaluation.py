@@ -9,6 +9,7 @@ Used by jobs.sample, jobs.grpo (reward workers and grids) and jobs.demo.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,20 @@ def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return Image.fromarray(grid)
+
+
+def paired_gain(before: list, after: list) -> tuple[float, float, int]:
+    """Mean gain after - before over items scored both times (None / NaN skipped), its standard error
+    (std of the differences, ddof 1, over sqrt n) and n. The items must be the same images (prompt, seed)."""
+    if len(before) != len(after):
+        raise ValueError(f"{len(before)} items before but {len(after)} after: not the same evaluation")
+    diffs = [float(a) - float(b) for b, a in zip(before, after)
+             if b is not None and a is not None and not (math.isnan(float(a)) or math.isnan(float(b)))]
+    n = len(diffs)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(diffs) / n
+    if n == 1:
+        return mean, float("nan"), 1
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, math.sqrt(var / n), n

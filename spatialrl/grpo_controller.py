@@ -26,7 +26,7 @@ from actors.sampler_actor import make_sampler_actor, sampler_actor_name
 from cluster.resources import actor_options, check_available, reserve
 from spatialrl.evaluation import image_grid, read_prompts
 from spatialrl.grpo_learner import TrainSelection
-from spatialrl.grpo_math import topk_filter
+from spatialrl.grpo_math import hacking_signal, topk_filter
 from spatialrl.metrics import MetricsLogger, read_metrics
 
 # errors that mean "the actor (or the object it made) is gone": redo the group; anything else is a bug -> raise
@@ -96,6 +96,8 @@ class GRPOController:
         self.redispatched = 0
         self.rr = 0  # round-robin cursor over actors
         self._state_for: dict[int, ray.ObjectRef] = {}  # policy version -> its LoRA in the object store
+        self.history: list[dict] = []  # every step's metrics row, for the reward-hacking monitor
+        self.hack_steps: list[int] = []
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -132,6 +134,7 @@ class GRPOController:
             row["time/wait_for_rewards_s"] = t_wait
             row["time/step_s"] = time.time() - t0
             row["perf/images_per_s"] = len(groups) * self.cfg.sampler.group_size / max(row["time/step_s"], 1e-9)
+            self._monitor(step, row)
             self.metrics.log(step, row)
             print(_progress(step, g.steps, row), flush=True)
             if step % g.grid_every == 0 or step == g.steps:
@@ -146,9 +149,43 @@ class GRPOController:
             evals["final"] = self.evaluate(version=self.version, state_ref=self.state_ref)
             self._write_json("eval.json", evals)
         plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", reward_name=self.cfg.reward.source)
-        summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals}
+        summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals,
+                   "reward_hacking": self._hacking_summary()}
+        if self.hack_steps:
+            print(f"WARNING: {summary['reward_hacking']['verdict']}", flush=True)
         self._write_json("summary.json", summary)
         return summary
+
+    def _monitor(self, step: int, row: dict) -> None:
+        """The reward-hacking monitor: reward trend vs the verifier's on the same rollouts (grpo.hack_*)."""
+        g = self.cfg.grpo
+        self.history.append(row)
+        pairs = [(r["reward/mean"], r["verifier/relation_accuracy"]) for r in self.history
+                 if r.get("verifier/relation_accuracy") is not None]
+        if len(pairs) < len(self.history):  # prompts without relations: no independent check
+            return
+        sig = hacking_signal([p[0] for p in pairs], [p[1] for p in pairs], window=g.hack_window, z=g.hack_z)
+        row.update({"monitor/reward_trend_t": _finite(sig.reward_t), "monitor/verifier_trend_t": _finite(sig.check_t),
+                    "monitor/hacking": float(sig.fired)})
+        if sig.fired:
+            if not self.hack_steps or self.hack_steps[-1] != step - 1:
+                print(f"WARNING: possible reward hacking at step {step}: over the last {g.hack_window} steps the "
+                      f"reward rose (trend t {sig.reward_t:+.1f}) while the verifier's relation accuracy did not "
+                      f"(t {sig.check_t:+.1f}); look at the grids before trusting this reward", flush=True)
+            self.hack_steps.append(step)
+
+    def _hacking_summary(self) -> dict:
+        g = self.cfg.grpo
+        out = {"check": "verifier/relation_accuracy", "window": g.hack_window, "z": g.hack_z,
+               "fired_steps": list(self.hack_steps)}
+        if not self.history or self.history[-1].get("verifier/relation_accuracy") is None:
+            out["verdict"] = "not monitored: the prompts carry no relations for the verifier to check"
+        elif self.hack_steps:
+            out["verdict"] = (f"possible reward hacking: the reward rose while the verifier did not at "
+                              f"{len(self.hack_steps)} step(s), first at step {self.hack_steps[0]}")
+        else:
+            out["verdict"] = "no sign of reward hacking (the reward and the verifier did not diverge)"
+        return out
 
     def _dispatch_step(self, step: int, version: int, state_ref) -> list[Group]:
         ids = step_prompt_ids(len(self.rows), self.cfg.grpo.prompts_per_step, step, self.cfg.grpo.seed)
@@ -276,6 +313,8 @@ class GRPOController:
         for key, v in cat.items():
             if not np.isnan(v).all():
                 out[key] = round(float(np.nanmean(v)), 4)
+                # per image, in a fixed order (same prompts and seeds for every version): paired comparisons
+                out[f"{key}_per_image"] = [None if np.isnan(x) else round(float(x), 4) for x in v]
         return out
 
     # ----------------------------------------------------------------------------------- files and resume
@@ -319,6 +358,8 @@ class GRPOController:
         self.version, self.redispatched = state["version"], state["redispatched"]
         self.state_ref = self.learner.lora_state_ref()
         self.metrics.truncate_after(state["step"])
+        self.history = read_metrics(self.run_dir / "metrics.jsonl")
+        self.hack_steps = [int(r["step"]) for r in self.history if r.get("monitor/hacking")]
         self._state_for = {}
         ahead = {}
         for step, version in state["ahead"].items():
@@ -381,6 +422,11 @@ def deploy_reward_service(reward) -> str:
     serve.run(build_app(cfg), name=reward.serve_app, route_prefix=None)
     print(f"reward: deployed the Serve application {reward.serve_app!r} ({reward.serve_replicas} replica(s))", flush=True)
     return started
+
+
+def _finite(x: float, cap: float = 1e6) -> float:
+    """JSON has no inf: a perfectly straight trend is logged as +-cap."""
+    return max(-cap, min(cap, float(x)))
 
 
 def _progress(step: int, steps: int, row: dict) -> str:

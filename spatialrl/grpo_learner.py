@@ -225,7 +225,7 @@ class GRPOLearner:
         ratio_max = torch.zeros(1, dtype=torch.float64)
         cache: dict[int, tuple] = {}
         chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step)
-        grad_norms = []
+        grad_norms, n_trained = [], []
         for chunk in chunks:
             did_backward = False
             for i in chunk:
@@ -233,7 +233,11 @@ class GRPOLearner:
                 traj = trajectories[t]
                 if t not in cache:
                     cache[t] = self._conditioning(traj)
-                steps = trained_steps(traj.num_steps, self.cfg.timestep_fraction)
+                # the first timestep_fraction of the steps, within the trajectory's SDE window
+                steps = [j for j in trained_steps(traj.num_steps, self.cfg.timestep_fraction) if j < traj.sde_window]
+                n_trained.append(len(steps))
+                if not steps:
+                    continue
                 # every (micro-batch, step) term weighs len/N of the step's mean; ranks' grads are averaged
                 weight = len(idx) / max(1, n_samples) / len(steps) * self.world_size
                 for j in steps:
@@ -262,6 +266,7 @@ class GRPOLearner:
             "policy/kl": float(sums[3] / count),
             "policy/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "learner/micro_batches": float(n_batches),
+            "learner/trained_steps": float(np.mean(n_trained)) if n_trained else 0.0,  # timesteps per micro-batch
             "learner/updates": float(self.updates),
         }
 

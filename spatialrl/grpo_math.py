@@ -11,7 +11,10 @@ them. The formulas are DESIGN.md section 3:
 - policy loss per trained timestep: mean over samples of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)),
   ratio = exp(logp_new - logp_old) of per-element-mean log-probs (hence eps ~ 1e-4);
 - KL to the reference (the transformer with LoRA disabled): mean (mu - mu_ref)^2 / (2 sigma_t^2), Flow-GRPO's
-  form (sigma_t, not the step std).
+  form (sigma_t, not the step std);
+- the reward-hacking monitor: over the last W steps, the least-squares slope of the reward and of an
+  independent check (the verifier), each as a t statistic (slope / its standard error); it fires when the
+  reward rises clearly (t_reward >= z) while the check does not rise (t_check <= quiet).
 """
 
 from __future__ import annotations
@@ -154,3 +157,45 @@ def trained_steps(num_steps: int, fraction: float) -> list[int]:
         raise ValueError(f"timestep_fraction={fraction}: use a value in (0, 1]")
     n = max(1, int(num_steps * fraction))
     return list(range(min(n, num_steps)))
+
+
+def trend_t(values: list[float]) -> float:
+    """t statistic of the least-squares slope of `values` against 0, 1, ...: slope / its standard error.
+
+    0.0 for fewer than 3 points or a constant series; +-inf when the points lie exactly on a sloped line.
+    """
+    n = len(values)
+    if n < 3:
+        return 0.0
+    y = torch.as_tensor(values, dtype=torch.float64)
+    x = torch.arange(n, dtype=torch.float64)
+    x = x - x.mean()
+    slope = float((x * (y - y.mean())).sum() / (x * x).sum())
+    resid = y - y.mean() - slope * x
+    var = float((resid * resid).sum()) / (n - 2)
+    if slope == 0.0:
+        return 0.0
+    se = (var / float((x * x).sum())) ** 0.5
+    return slope / se if se > 0 else float("inf") * (1 if slope > 0 else -1)
+
+
+@dataclass
+class HackingSignal:
+    reward_t: float  # trend t statistic of the reward over the window
+    check_t: float  # the same for the independent check
+    fired: bool  # reward rising clearly while the check does not rise
+
+
+def hacking_signal(reward: list[float], check: list[float], window: int = 10, z: float = 2.0,
+                   quiet: float = 0.5) -> HackingSignal:
+    """Compare the trends of the last `window` values of the reward and of the check (aligned per step).
+
+    Fires when the reward's trend t >= z and the check's t <= quiet; never on fewer than `window` steps.
+    """
+    if len(reward) != len(check):
+        raise ValueError(f"{len(reward)} reward values but {len(check)} check values")
+    if window < 3:
+        raise ValueError(f"window={window}: need at least 3 steps for a trend")
+    r, c = trend_t(list(reward[-window:])), trend_t(list(check[-window:]))
+    fired = len(reward) >= window and r >= z and c <= quiet
+    return HackingSignal(reward_t=r, check_t=c, fired=fired)

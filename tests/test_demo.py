@@ -12,7 +12,7 @@ def test_demo_chain_end_to_end(tmp_path, ray_local):
 
     out = tmp_path / "demo"
     rc = demo.main(["--out", str(out), "--pairs", "300", "--set", "grpo.steps=3", "--set", "grpo.eval_prompts=4",
-                    "--set", "grpo.prompts_per_step=2"])
+                    "--set", "grpo.prompts_per_step=2", "--control"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"]["chosen_all_hold"] == 1.0 and summary["dataset"]["rejected_exact_violations"] == 1.0
@@ -22,5 +22,11 @@ def test_demo_chain_end_to_end(tmp_path, ray_local):
     for side in ("base", "after_grpo"):
         assert 0.0 <= g[side]["relation_accuracy"] <= 1.0
     assert (out / "grpo" / "final" / "pytorch_lora_weights.safetensors").exists()
+    c = summary["control"]  # the same GRPO with the verifier as the reward
+    assert c["steps"] == 3 and (out / "control" / "final" / "pytorch_lora_weights.safetensors").exists()
+    assert c["base"] == g["base"]  # the same base generator, prompts and seeds
+    assert c["images"] == len(json.loads((out / "control" / "eval.json").read_text())["base"]
+                              ["relation_accuracy_per_image"])
+    assert c["verifier_gain_se"] >= 0 and c["reward_hacking"]["fired_steps"] == []
     # a second call reuses every stage
     assert demo.main(["--out", str(out), "--pairs", "300"]) == 0

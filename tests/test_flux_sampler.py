@@ -18,6 +18,7 @@ from PIL import Image
 
 from spatialrl.config import ConfigError
 from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig, flux_lora_config
+from spatialrl.flux_math import latent_image_ids, ode_step
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a small yellow star"]
 BASE = dict(model="tiny", resolution=32, num_steps=4, group_size=3, batch_size=3, max_sequence_length=32)
@@ -194,6 +195,34 @@ def test_deterministic_per_seed(sampler):
     one_by_one = FluxSampler(FluxSamplerConfig(**{**BASE, "batch_size": 1})).sample(PROMPTS, seed=21)
     assert torch.equal(one_by_one.latents[:, 0], a.latents[:, 0])
     torch.testing.assert_close(one_by_one.latents, a.latents, rtol=0, atol=1e-4)
+
+
+def test_sde_window_is_sde_then_exactly_the_ode():
+    """sde_steps=2 of 4: the first two transitions are the full SDE sampler's (same noise, same log-probs), the
+    last two are deterministic Euler steps from where the SDE left off, with no log-prob."""
+    full = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7))
+    windowed = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7, sde_steps=2))
+    a = full.sample(PROMPTS[:1], seed=3)
+    b = windowed.sample(PROMPTS[:1], seed=3)
+    assert torch.equal(a.latents[:, :3], b.latents[:, :3]) and torch.equal(a.log_probs[:, :2], b.log_probs[:, :2])
+    assert torch.isnan(b.log_probs[:, 2:]).all() and b.sde_window == 2 and a.sde_window == 4
+    ode = full.sample(PROMPTS[:1], seed=3, noise_level=0.0)
+    assert ode.sde_window == 0
+    # the tail is what the ODE sampler does from b's latent after step 2
+    emb, pool, text_ids = full.encode(PROMPTS[:1])
+    h, w = full.latent_size(32)
+    img_ids = latent_image_ids(h // 2, w // 2, device=full.device, dtype=emb.dtype)
+    x = b.latents[:, 2]
+    for i in (2, 3):
+        v = full._velocity(x, b.timesteps[i], emb[[0, 0, 0]], pool[[0, 0, 0]], text_ids, img_ids)
+        x = ode_step(x, v, b.sigmas[i], b.sigmas[i + 1])
+    assert torch.equal(x, b.latents[:, -1])
+    new = windowed.recompute_log_probs(b)  # every SDE step, and only those
+    assert new.shape == (3, 2) and torch.equal(new, b.log_probs[:, :2])
+    with pytest.raises(ValueError, match="deterministic"):
+        windowed.recompute_log_probs(b, [3])
+    with pytest.raises(ConfigError, match="sde_steps=5"):
+        FluxSamplerConfig(num_steps=4, sde_steps=5).validate()
 
 
 def test_config_is_validated():

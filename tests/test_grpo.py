@@ -161,6 +161,12 @@ def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
         unguided.set_lora(ray_local.get(group.lora_state_ref()), version=1)
         with pytest.raises(ValueError, match="true_cfg_scale"):
             group.train_step(sample_groups(unguided, rows, seed=3), all_samples(len(rows)))
+        # an SDE window of 2 of 4 steps: only those two are trained, still exactly on-policy
+        windowed = FluxSampler(dataclasses.replace(scfg, sde_steps=2))
+        windowed.set_lora(ray_local.get(group.lora_state_ref()), version=1)
+        stats = group.train_step(sample_groups(windowed, rows, seed=4), all_samples(len(rows)))
+        assert stats["learner/trained_steps"] == 2.0
+        assert stats["policy/ratio_mean"] == 1.0 and stats["policy/ratio_max_dev"] == 0.0
     finally:
         close(group, pg)
 
@@ -369,6 +375,34 @@ def test_resume_continues_exactly(ray_local, data, full_run, tmp_path, capsys):
 
 
 # -------------------------------------------------------------------------------- configs and resources
+
+
+def test_reward_hacking_monitor_fires_on_a_colour_reward(ray_local, data, tmp_path):
+    """A run built to hack: the reward pays for red paint, not layout. The reward climbs while the verifier's
+    relation accuracy on the same rollouts does not, and the monitor says so (metric, warning, summary)."""
+    out = tmp_path / "hack"
+    assert grpo_job.main(job_args(data, out, "reward.source=colour", "reward.colour=red", "grpo.steps=10",
+                                  "grpo.hack_window=6", "learner.lr=3e-2", "grpo.top_k=0", "sampler.group_size=6",
+                                  f"learner.clip_range={0.05}", "learner.updates_per_step=2",
+                                  "grpo.save_every=100", "grpo.grid_every=100")) == 0
+    rows = rows_of(out)
+    assert rows[-1]["reward/mean"] > rows[0]["reward/mean"]
+    assert all("monitor/hacking" in r for r in rows)
+    hack = json.loads((out / "summary.json").read_text())["reward_hacking"]
+    assert hack["fired_steps"] and hack["fired_steps"][0] >= 6, hack
+    assert [r["step"] for r in rows if r["monitor/hacking"]] == hack["fired_steps"]
+    assert "possible reward hacking" in hack["verdict"]
+
+
+def test_reward_hacking_monitor_is_quiet_when_the_reward_is_the_verifier(ray_local, data, tmp_path):
+    out = tmp_path / "control"
+    assert grpo_job.main(job_args(data, out, "reward.source=verifier", "grpo.steps=6", "grpo.hack_window=3",
+                                  "grpo.save_every=100", "grpo.grid_every=100")) == 0
+    rows = rows_of(out)
+    assert all(r["monitor/hacking"] == 0.0 for r in rows)
+    assert all(r["monitor/reward_trend_t"] == r["monitor/verifier_trend_t"] for r in rows)
+    hack = json.loads((out / "summary.json").read_text())["reward_hacking"]
+    assert hack["fired_steps"] == [] and hack["verdict"].startswith("no sign")
 
 
 def test_too_big_a_cluster_request_fails_fast(ray_local, data, tmp_path):

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from spatialrl.grpo_math import clipped_policy_loss, group_advantages, sde_kl, topk_filter, trained_steps
+from spatialrl.grpo_math import (clipped_policy_loss, group_advantages, hacking_signal, sde_kl, topk_filter,
+                                 trained_steps, trend_t)
 
 
 def test_imports_torch_only():
@@ -136,3 +137,30 @@ def test_trained_steps():
     assert trained_steps(10, 0.5) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError):
         trained_steps(6, 0.0)
+
+
+# ------------------------------------------------------------------------------------- hacking monitor
+
+def test_trend_t_by_hand():
+    # x centred -1.5..1.5, slope 4/5 = 0.8, residuals (-0.3, 0.9, -0.9, 0.3): SS 1.8, var 0.9, se sqrt(0.9/5)
+    assert trend_t([1, 3, 2, 4]) == pytest.approx(0.8 / (0.9 / 5) ** 0.5)
+    assert trend_t([4, 2, 3, 1]) == pytest.approx(-0.8 / (0.9 / 5) ** 0.5)
+    assert trend_t([0, 1, 2, 3]) == float("inf") and trend_t([3, 2, 1]) == float("-inf")
+    assert trend_t([2, 2, 2, 2]) == 0.0 and trend_t([1, 5]) == 0.0
+
+
+def test_hacking_signal_fires_only_when_reward_rises_and_check_does_not():
+    rising = [0.1 * i + 0.01 * (-1) ** i for i in range(10)]
+    flat = [0.5 + 0.02 * (-1) ** i for i in range(10)]
+    falling = [0.6 - 0.02 * i + 0.01 * (-1) ** i for i in range(10)]
+    assert hacking_signal(rising, flat, window=10).fired
+    assert hacking_signal(rising, falling, window=10).fired
+    assert not hacking_signal(rising, rising, window=10).fired  # the control: the check is the reward
+    assert not hacking_signal(flat, falling, window=10).fired  # reward not rising: nothing to flag
+    assert not hacking_signal(rising[:6], flat[:6], window=10).fired  # too few steps yet
+    sig = hacking_signal(rising, flat, window=6)  # only the last 6 steps count
+    assert sig.reward_t > 2 and sig.check_t <= 0.5
+    with pytest.raises(ValueError, match="window"):
+        hacking_signal(rising, flat, window=2)
+    with pytest.raises(ValueError, match="check values"):
+        hacking_signal(rising, flat[:5])
