@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu cluster-test demo demo-from-scratch bench-data clean
+.PHONY: setup test test-all test-slow test-gpu cluster-test demo demo-control demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -31,6 +31,10 @@ cluster-test: setup
 ## the main job on its embedded default, into runs/demo/
 demo: setup
 	$(PY) -m jobs.demo --out runs/demo
+
+## the demo plus its RL control (GRPO with the verifier as the reward), into runs/demo/control/
+demo-control: setup
+	$(PY) -m jobs.demo --out runs/demo --control
 
 ## the same, but also reruns the two pretraining jobs instead of using assets/tiny-pretrained/
 demo-from-scratch: setup

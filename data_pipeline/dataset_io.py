@@ -2,7 +2,7 @@
 
     DIR/
       manifest.json              counts per split and per perturbation level, world parameters, seed, ...
-      train/ val/ test/          Parquet shards, columns of DESIGN.md section 6 (PAIR_COLUMNS below)
+      train/ val/ test/          Parquet shards, columns of docs/architecture.md section 4 (PAIR_COLUMNS below)
       prompts_{split}.jsonl      one object per line: prompt, relations, objects (the structured prompt)
       preview.png                a contact sheet of a few pairs with their prompts
 

@@ -1,4 +1,4 @@
-"""One SpatialReward preference pair from the spatial world, and the row format of DESIGN.md section 6.
+"""One SpatialReward preference pair from the spatial world, and the row format of docs/architecture.md section 4.
 
 `make_pair(pair_id, seed, split, cfg)` is a pure function of its arguments (its random stream is seeded by
 (seed, split, pair_id)), so a dataset is the same however Ray Data splits the work into blocks.

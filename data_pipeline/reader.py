@@ -3,7 +3,7 @@
 A Ray Data pipeline that never materialises the dataset: `read_parquet` streams row groups, a pool of
 `PairPreprocessor` actors (each loads the processor once) turns pairs into per-pair processor outputs, and
 `iter_torch_batches(collate_fn=PairCollator(...))` pads them into model batches with the chosen images first
-and the rejected ones second, so one forward pass scores both (DESIGN.md section 3). Every key the processor
+and the rejected ones second, so one forward pass scores both (docs/architecture.md section 3). Every key the processor
 returns travels to the model (dropping `mm_token_type_ids` silently breaks M-RoPE).
 
     from data_pipeline.reader import ReaderConfig, pair_dataset, PairCollator

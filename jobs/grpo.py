@@ -1,6 +1,6 @@
 """Online GRPO of Flux with SpatialScore as the reward and Top-k filtering: the paper's Spatial RL stage.
 
-Single controller (DESIGN.md section 2): this driver owns the loop; Ray actors do the work, each role with its
+Single controller (docs/architecture.md section 1): this driver owns the loop; Ray actors do the work, each role with its
 own count and resource request (cluster.sampler / cluster.reward / cluster.learner, fractional GPUs allowed),
 reserved in placement groups after a fail-fast resource check:
 
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = controller.run(resume=args.resume)
         finally:
             controller.shutdown()
-    print(json.dumps(summary, indent=2))
+    shown = {k: ({kk: vv for kk, vv in v.items() if not kk.endswith("_per_image")} if isinstance(v, dict) else v)
+             for k, v in summary.items()}  # per-image scores stay in summary.json
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -1,8 +1,8 @@
 """The math of sampling Flux as a policy: sigma schedule, SDE / ODE steps with log-probs, latent packing.
 
 Pure functions on tensors; imports torch only (no diffusers, no Ray), so the learner, the sampler and the tests
-share one definition. DESIGN.md section 3 states the equations; `reference/grpo_for_flux.md` section 2 says
-where they come from (Flow-GRPO's `sde` step, reused unchanged for Flux).
+share one definition. docs/architecture.md section 3 states the equations (Flow-GRPO's SDE step, reused
+unchanged for Flux).
 
 - `flux_sigmas(num_steps, image_seq_len)`: the shifted schedule of diffusers' `FluxPipeline` with
   `FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)`, bit for bit, plus the terminal 0.

@@ -1,4 +1,4 @@
-"""GRPOController: the driver side of jobs.grpo (DESIGN.md section 2), one object per run.
+"""GRPOController: the driver side of jobs.grpo (docs/architecture.md section 1), one object per run.
 
 It reserves the three roles in placement groups (after `cluster.resources.check_available`), starts the named
 actors, and runs the loop: dispatch every prompt group of a step (sample -> reward, chained in the object store,
@@ -114,7 +114,8 @@ class GRPOController:
         if self.eval_rows and "base" not in evals:
             evals["base"] = self.evaluate(version=0, state_ref=self.state_ref)
             self._write_json("eval.json", evals)
-            print(f"base generator on {len(self.eval_rows)} held-out prompts: {evals['base']}", flush=True)
+            shown = {k: v for k, v in evals["base"].items() if not k.endswith("_per_image")}
+            print(f"base generator on {len(self.eval_rows)} held-out prompts: {shown}", flush=True)
         # groups dispatched ahead of training: {step: (version, state_ref)} decides which weights sample a step
         queue: deque = deque()
         for step in range(start, min(g.steps, start + g.max_staleness) + 1):

@@ -1,9 +1,9 @@
 """GRPOLearner: one rank of the GRPO learner, a DeepSpeed engine over the Flux transformer's LoRA.
 
-A plain class (STYLE.md 3); `actors/learner_actor.py` makes N of them one torch process group. Each rank
+A plain class; `actors/learner_actor.py` makes N of them one torch process group. Each rank
 holds the same FluxSampler code path the samplers use (same `_velocity`, same `sde_step`, same micro-batch
 size as the sampling batch), so on-policy the recomputed log-probs equal the stored ones bit for bit and the
-importance ratio is exactly 1 (DESIGN.md section 3).
+importance ratio is exactly 1 (docs/architecture.md section 3).
 
 One `train_step`:
   1. the kept samples (Top-k) of every trajectory are cut into micro-batches of the trajectory's sampling batch

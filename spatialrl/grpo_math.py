@@ -1,7 +1,7 @@
 """GRPO math for Flux: group advantages, Top-k filtering, the per-timestep clipped policy loss, the KL term.
 
-Pure functions on tensors; they import torch alone (STYLE.md 2), so the driver, the learner and the tests share
-them. The formulas are DESIGN.md section 3:
+Pure functions on tensors; they import torch alone, so the driver, the learner and the tests share
+them. The formulas (docs/architecture.md section 3):
 
 - advantages  A_k = clip((r_k - mean_group) / (std + 1e-4), -5, 5), std over the group or the whole batch
   (`global_std`, Flow-GRPO's Flux default);

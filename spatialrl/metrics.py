@@ -1,4 +1,4 @@
-"""One metrics path (STYLE.md 9): namespaced keys -> `metrics.jsonl` and the Ray dashboard, read back for plots.
+"""One metrics path: namespaced keys -> `metrics.jsonl` and the Ray dashboard, read back for plots.
 
 Keys look like `reward/mean`, `loss/policy`, `perf/images_per_s`. Each `log(step, values)` appends one JSON line
 and sets a `ray.util.metrics.Gauge` per key, named `spatialrl_<key with / -> _>` (Prometheus shows them with a

@@ -1,6 +1,6 @@
 """Pairwise reward-model losses: Bradley-Terry and the HPSv3 uncertainty-aware Bradley-Terry loss.
 
-Pure functions on tensors; this module imports torch alone (DESIGN.md section 3, STYLE.md 2). Inputs are the
+Pure functions on tensors; this module imports torch alone (docs/architecture.md section 3). Inputs are the
 rewards of the chosen and rejected member of each pair, shape [B]; every loss is a mean over pairs.
 
 - `bradley_terry_loss`: -log sigmoid(r_chosen - r_rejected), the plain BT objective.

@@ -3,7 +3,7 @@
     image + chat-formatted prompt -> Qwen2_5_VLModel (no lm_head) -> hidden state at the last real token
         -> head -> mu (the score) and, for the Gaussian head, log sigma (HPSv3's uncertainty)
 
-Follows HPSv3 (DESIGN.md section 3; reference/reward_models_and_tiny_fixtures.md) with these departures:
+Follows HPSv3 (docs/architecture.md section 3) with these departures:
 - LoRA on the language model only, by default, instead of HPSv3's full fine-tune; `full_finetune=True` trains
   the whole backbone (vision tower and merger included, as HPSv3's release does). The LoRA targets are a
   regex anchored on `language_model.layers.N.(self_attn|mlp)`, because the vision MLP reuses the names

@@ -26,7 +26,7 @@ from spatialrl.config import ConfigError
 @dataclass
 class RewardConfig:
     # spatialscore: the reward model; verifier: the pixel verifier's relation accuracy (ground truth, the control);
-    # colour: the share of pixels in `colour`, a reward built to be hacked (it pays for paint, not layout), for
+    # colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
     # testing the reward-hacking monitor
     source: Literal["spatialscore", "verifier", "colour"] = "spatialscore"
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
@@ -114,14 +114,15 @@ class RewardWorker:
         return out
 
 
-def colour_share(images: np.ndarray, colour: str, width: float = 60.0) -> np.ndarray:
-    """Soft share of each image's pixels in the palette colour: mean of exp(-d^2 / (2 width^2)) over pixels, d the
-    RGB distance to the colour. `[N]` float32 in (0, 1]; smooth, so even images with none of it are ranked."""
+def colour_share(images: np.ndarray, colour: str) -> np.ndarray:
+    """How far each image's pixels lean toward the palette colour: the mean over pixels of the projection of
+    (pixel - mid grey) on (colour - mid grey), divided by |colour - mid grey|^2. `[N]` float32, 1.0 for an image
+    painted in the colour, 0 for mid grey; smooth, so a global tint already pays (which is what makes it hackable)."""
     from data_pipeline.world import PALETTE
 
-    ref = np.asarray(PALETTE[colour], dtype=np.float32)
-    d2 = ((images.astype(np.float32) - ref) ** 2).sum(axis=-1)  # [N, H, W]
-    return np.exp(-d2 / (2 * width**2)).mean(axis=(1, 2)).astype(np.float32)
+    direction = np.asarray(PALETTE[colour], dtype=np.float32) - 127.5
+    lean = (images.astype(np.float32) - 127.5) @ direction  # [N, H, W]
+    return (lean.mean(axis=(1, 2)) / float(direction @ direction)).astype(np.float32)
 
 
 class ServeScorer:

@@ -1,6 +1,6 @@
 """SpatialScorer: the one way to score (prompt, image) pairs with SpatialScore, for every caller.
 
-The eval job, the Ray Serve deployment and the GRPO reward workers all wrap this plain class (STYLE.md 3):
+The eval job, the Ray Serve deployment and the GRPO reward workers all wrap this plain class:
 
     scorer = SpatialScorer.from_checkpoint("runs/rm/final", device="auto", batch_size=16)
     scores = scorer.score(prompts, images)      # np.ndarray [N] float32: the Gaussian head's mu

@@ -1,6 +1,6 @@
 """Unit tests for spatialrl.flux_sampler and jobs.sample on the tiny random Flux fixture (CPU, no Ray).
 
-The invariants of DESIGN.md section 3, exactly (max abs difference 0.0): noise level 0 reproduces the stock
+The invariants of docs/architecture.md section 3, exactly (max abs difference 0.0): noise level 0 reproduces the stock
 FluxPipeline; recomputed log-probs with unchanged weights give ratio 1. Plus LoRA swaps, seeding and the CLI.
 Run: .venv/bin/python -m pytest tests/test_flux_sampler.py -q
 """

@@ -3,7 +3,8 @@
 Every test shares the session's 2-CPU local Ray (`ray_local`); the job joins it and leaves it running. The
 learner always lives in Ray actors, so this process never initialises torch.distributed.
 
-Six job runs (about 20 s each, mostly actor start-up) and one learner group: ~2-3 min on 2 cores.
+Eight job runs (about 20 s each, mostly actor start-up; the hacking run on the shipped toy generator ~90 s) and
+one learner group: ~4-5 min on 2 cores.
 
 Run: .venv/bin/python -m pytest tests/test_grpo.py -q
 """
@@ -378,15 +379,20 @@ def test_resume_continues_exactly(ray_local, data, full_run, tmp_path, capsys):
 
 
 def test_reward_hacking_monitor_fires_on_a_colour_reward(ray_local, data, tmp_path):
-    """A run built to hack: the reward pays for red paint, not layout. The reward climbs while the verifier's
-    relation accuracy on the same rollouts does not, and the monitor says so (metric, warning, summary)."""
+    """A run built to hack: on the shipped toy generator, a reward that pays for red paint, not layout. The
+    reward climbs (the images turn red) while the verifier's relation accuracy on the same rollouts does not,
+    and the monitor says so: the metric, the warning and the summary."""
     out = tmp_path / "hack"
-    assert grpo_job.main(job_args(data, out, "reward.source=colour", "reward.colour=red", "grpo.steps=10",
-                                  "grpo.hack_window=6", "learner.lr=3e-2", "grpo.top_k=0", "sampler.group_size=6",
-                                  f"learner.clip_range={0.05}", "learner.updates_per_step=2",
-                                  "grpo.save_every=100", "grpo.grid_every=100")) == 0
+    args = ["--config", "configs/grpo_demo.yaml", "--out", str(out)]
+    for s in ("sampler.model=tiny-pretrained", "sampler.true_cfg_scale=1", "sampler.group_size=6",
+              "sampler.batch_size=6", f"data.prompts={data / 'prompts_train.jsonl'}", "reward.source=colour",
+              "reward.colour=red", "grpo.steps=12", "grpo.prompts_per_step=4", "grpo.top_k=0", "grpo.eval_prompts=0",
+              "grpo.hack_window=6", "learner.lr=1e-2", "grpo.save_every=100", "grpo.grid_every=100",
+              "cluster.sampler.count=1"):
+        args += ["--set", s]
+    assert grpo_job.main(args) == 0
     rows = rows_of(out)
-    assert rows[-1]["reward/mean"] > rows[0]["reward/mean"]
+    assert rows[-1]["reward/mean"] > rows[0]["reward/mean"] + 0.2  # redder images
     assert all("monitor/hacking" in r for r in rows)
     hack = json.loads((out / "summary.json").read_text())["reward_hacking"]
     assert hack["fired_steps"] and hack["fired_steps"][0] >= 6, hack
