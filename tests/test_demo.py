@@ -24,7 +24,9 @@ def test_demo_chain_end_to_end(tmp_path, ray_local):
     assert (out / "grpo" / "final" / "pytorch_lora_weights.safetensors").exists()
     c = summary["control"]  # the same GRPO with the verifier as the reward
     assert c["steps"] == 3 and (out / "control" / "final" / "pytorch_lora_weights.safetensors").exists()
-    assert c["base"] == g["base"]  # the same base generator, prompts and seeds
+    for key in ("relation_accuracy", "object_presence"):  # the same base generator, prompts and seeds
+        assert c["base"][key] == g["base"][key]
+    assert c["base"]["spatialscore"] is None  # the control's reward is the verifier: no SpatialScore to report
     assert c["images"] == len(json.loads((out / "control" / "eval.json").read_text())["base"]
                               ["relation_accuracy_per_image"])
     assert c["verifier_gain_se"] >= 0 and c["reward_hacking"]["fired_steps"] == []
