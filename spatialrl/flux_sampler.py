@@ -296,12 +296,13 @@ class FluxSampler:
 
     # ----------------------------------------------------------------------------------------- sampling
 
-    def _initial_noise(self, generators, group_index: np.ndarray, h: int, w: int) -> torch.Tensor:
-        """`[N, S, 64]` float32: one draw per image from its own generator, as FluxPipeline draws per generator."""
+    def _initial_noise(self, generators, group_index: np.ndarray, h: int, w: int, shared: bool) -> torch.Tensor:
+        """`[N, S, 64]` float32: one draw per image from its own generator, as FluxPipeline draws per generator;
+        `shared`: every image of a group starts from its group's first draw."""
         channels = self.transformer.config.in_channels // 4
         noise = [torch.randn((1, channels, h, w), generator=g, dtype=self.dtype) for g in generators]
         x0 = pack_latents(torch.cat(noise)).float()  # [N, S, 64]
-        if self.cfg.shared_noise_per_group:
+        if shared:
             first = np.searchsorted(group_index, group_index)  # index of each group's first image
             x0 = x0[torch.as_tensor(first)]
         return x0
@@ -316,8 +317,10 @@ class FluxSampler:
         group_size: int | None = None,
         noise_level: float | None = None,
         decode: bool = True,
+        shared_noise: bool | None = None,
     ) -> Trajectory:
-        """`group_size` images for each prompt, in batches of `cfg.batch_size`; returns their Trajectory."""
+        """`group_size` images for each prompt, in batches of `cfg.batch_size`; returns their Trajectory.
+        `noise_level` and `shared_noise` override the config's `noise_level` and `shared_noise_per_group`."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -341,7 +344,8 @@ class FluxSampler:
         timesteps = sigmas[:-1] * 1000  # [T]
         steps = len(timesteps)
         window = (self.cfg.sde_steps or steps) if a > 0 else 0  # leading SDE steps
-        x0 = self._initial_noise(generators, group_index, h, w)  # [N, S, 64]
+        shared = self.cfg.shared_noise_per_group if shared_noise is None else bool(shared_noise)
+        x0 = self._initial_noise(generators, group_index, h, w, shared)  # [N, S, 64]
         latents = torch.empty((n, steps + 1, *x0.shape[1:]), dtype=torch.float32)  # [N, T + 1, S, 64]
         latents[:, 0] = x0
         log_probs = torch.full((n, steps), float("nan"))  # [N, T]
@@ -478,13 +482,14 @@ class FluxSampler:
 
     def rollout(
         self, prompts: list[str], *, prompt_ids: list, seed: int, lora_state: dict[str, torch.Tensor], version: int,
-        noise_level: float | None = None, group_size: int | None = None,
+        noise_level: float | None = None, group_size: int | None = None, shared_noise: bool | None = None,
     ) -> tuple[np.ndarray, Trajectory]:
         """GRPO's sampling call: make sure the policy is `version` (a restarted actor has lost its LoRA), sample,
         and return (images, trajectory without images) so the two can go to different actors."""
         if self._adapter != "set" or self.policy_version != int(version):
             self.set_lora(lora_state, version)
-        traj = self.sample(prompts, prompt_ids=prompt_ids, seed=seed, noise_level=noise_level, group_size=group_size)
+        traj = self.sample(prompts, prompt_ids=prompt_ids, seed=seed, noise_level=noise_level, group_size=group_size,
+                           shared_noise=shared_noise)
         images, traj.images = traj.images, None
         return images, traj
 

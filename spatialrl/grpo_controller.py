@@ -197,14 +197,15 @@ class GRPOController:
             self._submit(grp)
         return groups
 
-    def _submit(self, grp: Group, noise_level: float | None = None, group_size: int | None = None) -> None:
+    def _submit(self, grp: Group, noise_level: float | None = None, group_size: int | None = None,
+                shared_noise: bool | None = None) -> None:
         sampler = self.samplers[self.rr % len(self.samplers)]
         rewarder = self.rewarders[self.rr % len(self.rewarders)]
         self.rr += 1
         k = group_size or self.cfg.sampler.group_size
         images, traj = sampler.rollout.options(num_returns=2).remote(
             [grp.row["prompt"]], prompt_ids=[grp.prompt_id], seed=grp.seed, lora_state=self._state_for[grp.version],
-            version=grp.version, noise_level=noise_level, group_size=group_size,
+            version=grp.version, noise_level=noise_level, group_size=group_size, shared_noise=shared_noise,
         )
         grp.refs = (images, traj, rewarder.score.remote(images, [grp.row] * k))
         grp.attempts += 1
@@ -303,9 +304,10 @@ class GRPOController:
         self._state_for[version] = state_ref
         groups = [Group(0, i, row, i, version, step_seed(self.cfg.grpo.seed + 7_919, 0, i))
                   for i, row in enumerate(self.eval_rows)]
+        # independent starts whatever the training sampler shares: ODE images from one start would be copies
         for grp in groups:
-            self._submit(grp, noise_level=0.0, group_size=k)
-        self._collect(groups, noise_level=0.0, group_size=k)
+            self._submit(grp, noise_level=0.0, group_size=k, shared_noise=False)
+        self._collect(groups, noise_level=0.0, group_size=k, shared_noise=False)
         cat = {key: np.concatenate([grp.result[key] for grp in groups]).astype(np.float64)
                for key in ("spatialscore", "relation_accuracy", "object_presence")}
         images = np.concatenate(ray.get([grp.refs[0] for grp in groups]))

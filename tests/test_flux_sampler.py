@@ -181,6 +181,8 @@ def test_shared_versus_independent_initial_noise(sampler):
     assert np.array_equal(sh.seeds, ind.seeds) and list(sh.group_index) == [0, 0, 0, 1, 1, 1]
     ode = shared.sample(PROMPTS[:1], seed=9, noise_level=0.0)
     assert torch.equal(ode.latents[0], ode.latents[1])  # same start, no SDE noise: identical images
+    ode = shared.sample(PROMPTS[:1], seed=9, noise_level=0.0, shared_noise=False)  # what evaluation asks for
+    assert torch.equal(ode.latents[:, 0], ind.latents[:3, 0]) and not torch.equal(ode.latents[0], ode.latents[1])
 
 
 def test_deterministic_per_seed(sampler):
