@@ -133,6 +133,14 @@ def verify(image: np.ndarray, objects: list[dict], relations: list[dict], margin
     return VerifyResult(holds, present, seen)
 
 
+def relation_margins(image: np.ndarray, objects: list[dict], relations: list[dict], margins: Margins) -> np.ndarray:
+    """Per relation, its signed score in the image (> 0 holds, |score| >= 1 decisive; a missing object gives a
+    large negative score): the dense form of `verify(...).relations_hold`."""
+    m = read_objects(np.asarray(image), objects)
+    return np.array([relation_score(m, r["subject"], r["type"], r["object"], margins) for r in relations],
+                    dtype=np.float64)
+
+
 def object_presence(
     m: Measurements, objects: list[dict], only_touching: bool = False
 ) -> tuple[list[bool], list[str | None]]:

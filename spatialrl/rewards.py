@@ -26,9 +26,12 @@ from spatialrl.config import ConfigError
 @dataclass
 class RewardConfig:
     # spatialscore: the reward model; verifier: the pixel verifier's relation accuracy (ground truth, the control);
-    # colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
+    # verifier_margin: the verifier's signed relation margins over margin_scale, each clipped to [-1, 1] and averaged
+    # (a missing object counts -1): the same ground truth, dense, so a group's images differ in reward even when they pass
+    # the same relations; colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
     # testing the reward-hacking monitor
-    source: Literal["spatialscore", "verifier", "colour"] = "spatialscore"
+    source: Literal["spatialscore", "verifier", "verifier_margin", "colour"] = "spatialscore"
+    margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
     batch_size: int = 16
@@ -42,8 +45,8 @@ class RewardConfig:
     serve_retries: int = 3
 
     def validate(self) -> None:
-        if self.source not in ("spatialscore", "verifier", "colour"):
-            raise ConfigError(f"reward.source={self.source!r}: use spatialscore, verifier or colour")
+        if self.source not in ("spatialscore", "verifier", "verifier_margin", "colour"):
+            raise ConfigError(f"reward.source={self.source!r}: use spatialscore, verifier, verifier_margin or colour")
         if self.source == "colour":
             from data_pipeline.world import PALETTE
 
@@ -60,6 +63,8 @@ class RewardConfig:
                 "reward.checkpoint is empty: point it at a SpatialScore checkpoint (jobs.train_reward writes "
                 "CKPT/final), e.g. --set reward.checkpoint=runs/demo/reward/final"
             )
+        if not self.margin_scale > 0:
+            raise ConfigError(f"reward.margin_scale={self.margin_scale}: must be > 0, e.g. 4")
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size={self.batch_size}: need at least 1")
 
@@ -84,19 +89,23 @@ class RewardWorker:
         Returns float32 arrays `[N]`: `reward`, `spatialscore` (NaN with the verifier source),
         `relation_accuracy` and `object_presence` (NaN where the prompt has no structure).
         """
-        from data_pipeline.verifier import margins_for, verify
+        from data_pipeline.verifier import margins_for, relation_margins, verify
 
         if len(images) != len(rows):
             raise ValueError(f"{len(images)} images for {len(rows)} prompt rows")
         n = len(images)
         rel = np.full(n, np.nan, dtype=np.float32)
         pres = np.full(n, np.nan, dtype=np.float32)
+        dense = np.full(n, np.nan, dtype=np.float32)
         margins = margins_for(images.shape[1]) if n else None
         for i, (img, row) in enumerate(zip(images, rows)):
             if row.get("objects"):
                 res = verify(img, row["objects"], row.get("relations") or [], margins)
                 rel[i] = np.mean(res.relations_hold) if res.relations_hold else np.nan
                 pres[i] = np.mean(res.objects_present)
+                if self.cfg.source == "verifier_margin" and row.get("relations"):
+                    dense[i] = np.mean(np.clip(relation_margins(img, row["objects"], row["relations"], margins)
+                                               / self.cfg.margin_scale, -1, 1))
         if self.scorer is not None:
             score = self.scorer.score([r["prompt"] for r in rows], list(images)).astype(np.float32)
             reward = score
@@ -104,10 +113,11 @@ class RewardWorker:
             score = np.full(n, np.nan, dtype=np.float32)
             reward = colour_share(images, self.cfg.colour)
         else:
-            if np.isnan(rel).any():
-                raise ValueError("reward.source=verifier needs prompts with objects/relations (prompts_*.jsonl)")
+            reward = dense if self.cfg.source == "verifier_margin" else rel
+            if np.isnan(reward).any():
+                raise ValueError(f"reward.source={self.cfg.source} needs prompts with objects/relations "
+                                 f"(prompts_*.jsonl)")
             score = np.full(n, np.nan, dtype=np.float32)
-            reward = rel
         out = {"reward": reward, "spatialscore": score, "relation_accuracy": rel, "object_presence": pres}
         if isinstance(self.scorer, ServeScorer):
             out["serve_retries"] = np.array([self.scorer.pop_retries()], dtype=np.float32)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_pipeline.pairs import make_pair
 from data_pipeline.relations import Margins, mask_solidity, measure, relation_score
-from data_pipeline.verifier import classify_shape, margins_for, verify
+from data_pipeline.verifier import classify_shape, margins_for, relation_margins, verify
 from data_pipeline.world import PALETTE, WorldConfig
 from spatialrl.config import load_config
 
@@ -132,6 +132,32 @@ def test_verifier_sees_a_missing_object_and_a_wrong_shape():
     assert v.objects_present == [True, False] and v.relations_hold == [False]
     v2 = verify(img, [{"colour": "red", "shape": "circle"}], [], margins_for(64))
     assert v2.objects_present == [False] and v2.shapes_seen == ["square"]
+
+
+def test_relation_margins_by_hand_and_the_dense_verifier_reward():
+    from spatialrl.rewards import RewardConfig, RewardWorker
+
+    img = np.full((64, 64, 3), 230, np.uint8)
+    img[10:20, 10:20] = PALETTE["red"]  # centre x 14.5
+    img[10:20, 30:40] = PALETTE["blue"]  # centre x 34.5: 20 px to the right of red
+    objs = [{"colour": "red", "shape": "square"}, {"colour": "blue", "shape": "square"}]
+    rels = [{"subject": 0, "type": "left_of", "object": 1}, {"subject": 0, "type": "right_of", "object": 1}]
+    m = margins_for(64)
+    got = relation_margins(img, objs, rels, m)
+    assert np.allclose(got, [20 / m.position_px, -20 / m.position_px])
+    worker = RewardWorker(RewardConfig(source="verifier_margin"))
+    near = img.copy()
+    near[10:20, 30:40] = 230
+    near[10:20, 20:30] = PALETTE["blue"]  # 10 px to the right: still left_of, by a smaller margin
+    missing = img.copy()
+    missing[10:20, 30:40] = 230
+    rows = [{"prompt": "p", "objects": objs, "relations": rels[:1]}] * 3
+    out = worker.score(np.stack([img, near, missing]), rows)
+    want = [1.0, 10 / m.position_px / 4, -1.0]  # clip(margin / margin_scale 4, -1, 1); 20 px is past 4 margins
+    assert np.allclose(out["reward"], want, atol=1e-6)
+    assert list(out["relation_accuracy"]) == [1.0, 1.0, 0.0]  # the 0/1 check is logged beside it
+    with pytest.raises(ValueError, match="verifier_margin needs prompts"):
+        worker.score(img[None], [{"prompt": "p"}])
 
 
 def test_shape_classifier_on_clean_shapes():
