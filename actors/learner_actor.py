@@ -17,8 +17,8 @@ from __future__ import annotations
 import ray
 
 from cluster.resources import RoleResources, actor_options
-from spatialrl.flux_sampler import FluxSamplerConfig
-from spatialrl.grpo_learner import GRPOLearner, GRPOLearnerConfig, TrainSelection
+from spatialrl.flux.sampler import FluxSamplerConfig
+from spatialrl.grpo.learner import GRPOLearner, GRPOLearnerConfig, TrainSelection
 
 
 def learner_actor_name(rank: int) -> str:

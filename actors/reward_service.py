@@ -1,6 +1,6 @@
-"""SpatialScoreService: `spatialrl.scorer.SpatialScorer` as a Ray Serve deployment. The one place that adds Serve.
+"""SpatialScoreService: `spatialrl.reward.scorer.SpatialScorer` as a Ray Serve deployment. The one place that adds Serve.
 
-HTTP (JSON only; the contract and every validation rule: spatialrl/reward_api.py):
+HTTP (JSON only; the contract and every validation rule: spatialrl/reward/api.py):
     POST /v1/score {"items": [{"prompt", "image": base64 PNG/JPEG}]} -> {"scores": [...], "model": {...}}
     GET  /healthz  -> 200 once the model is loaded (a replica answers only after its constructor ran)
 In-cluster callers skip HTTP with a DeploymentHandle: `handle.score.remote(prompts, images)` (images: uint8 HWC
@@ -22,7 +22,7 @@ import time
 
 from ray import serve
 
-from spatialrl.reward_api import (
+from spatialrl.reward.api import (
     HEALTH_ROUTE, RequestError, ServeRewardConfig, check_auth, check_length, check_route, parse_score_request,
 )
 
@@ -38,7 +38,7 @@ class SpatialScoreService:
 
     def __init__(self, cfg: ServeRewardConfig, token_digest: str | None = None):
         from spatialrl.metrics import service_metrics
-        from spatialrl.scorer import SpatialScorer
+        from spatialrl.reward.scorer import SpatialScorer
 
         if cfg.threads:
             import torch

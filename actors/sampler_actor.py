@@ -1,4 +1,4 @@
-"""SamplerActor: `spatialrl.flux_sampler.FluxSampler` as a Ray actor. The one place that adds Ray to it.
+"""SamplerActor: `spatialrl.flux.sampler.FluxSampler` as a Ray actor. The one place that adds Ray to it.
 
 Resources come from the caller (the GRPO job's config): `num_gpus` may be fractional so that every role shares
 one GPU in a demo. Named actors are `spatialrl/sampler-{i}` (`sampler_actor_name(i)`), so operators find them
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ray
 
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
 
 SamplerActor = ray.remote(FluxSampler)
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cluster.runtime import cpu_bound_data_context, init_ray
-from data_pipeline.reader import READ_COLUMNS, PairCollator, PairPreprocessor, ReaderConfig, pair_dataset
+from spatialrl.reward.reader import READ_COLUMNS, PairCollator, PairPreprocessor, ReaderConfig, pair_dataset
 
 
 class PeakMemory:

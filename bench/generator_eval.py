@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from data_pipeline.verifier import object_presence, read_objects
-from spatialrl.flux_sampler import FluxSamplerConfig
-from spatialrl.generator_pretrain import load_world_preset, make_examples, sample_settings, verifier_scores
+from spatialrl.flux.sampler import FluxSamplerConfig
+from spatialrl.standins.generator import load_world_preset, make_examples, sample_settings, verifier_scores
 
 
 def shape_misses(images: np.ndarray, structured: list[dict]) -> Counter:

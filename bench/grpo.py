@@ -51,7 +51,7 @@ def summarize(run: Path) -> dict:
             out[f"eval_{when}_spatialscore"] = summary[when].get("spatialscore")
             out[f"eval_{when}_presence"] = summary[when].get("object_presence")
     if "relation_accuracy_per_image" in summary.get("base", {}) and "final" in summary:
-        from spatialrl.evaluation import paired_gain
+        from spatialrl.flux.evaluation import paired_gain
 
         gain, se, n = paired_gain(summary["base"]["relation_accuracy_per_image"],
                                   summary["final"]["relation_accuracy_per_image"])

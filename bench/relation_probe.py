@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from data_pipeline.world import decisive_facts, load_world_preset, render, render_labels, sample_scene  # noqa: E402
-from spatialrl.backbone_pretrain import (  # noqa: E402
+from spatialrl.standins.backbone import (  # noqa: E402
     QA_PHRASES, WHICH_PHRASES, Example, ExampleEncoder, PretrainDataConfig, _digits, answer_logits, patch_targets,
     pretrain_loss, relation_targets,
 )
@@ -133,7 +133,7 @@ def grow(base, extra: int, mha: bool):
 
 
 def name(rng, obj, synonym_prob):
-    from spatialrl.backbone_pretrain import SHAPE_SYNONYMS
+    from spatialrl.standins.backbone import SHAPE_SYNONYMS
 
     words = SHAPE_SYNONYMS[obj.shape]
     shape = words[int(rng.integers(len(words)))] if rng.random() < synonym_prob else obj.shape
@@ -286,7 +286,7 @@ def encode_mixed(encoder, examples):
     """A model batch from a mix of Examples (fixed prefix, answers after it) and MatchExamples (reward text in the
     user turn; the one trained token, " yes"/" no", is the first of the assistant turn): per-row token lists
     left-padded together, every processor key, the per-token targets stacked."""
-    from data_pipeline.reader import reward_text
+    from spatialrl.reward.prompt import reward_text
 
     proc, tok = encoder.processor, encoder.tokenizer
     rows = []  # (ids, labels, mm_types)
@@ -328,7 +328,7 @@ def encode_mixed(encoder, examples):
         batch["patch_targets"] = torch.from_numpy(np.stack([ex.patch_targets for ex in examples]))  # [B, T, W]
     if all(ex.relation_targets is not None for ex in examples):
         batch["relation_targets"] = torch.from_numpy(np.stack([ex.relation_targets for ex in examples]))
-    from spatialrl.backbone_pretrain import RELATION_WORDS
+    from spatialrl.standins.backbone import RELATION_WORDS
 
     where, first, sets = [], [], []
     for r, (hs, (ids, _, _)) in enumerate(zip(hint_rows, rows)):
@@ -365,7 +365,7 @@ def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]
 @torch.no_grad()
 def evaluate_match(model, encoder, match_set, pair_set):
     """The reward question on the match set (by gap), and dataset-style pairs won by the larger yes-no margin."""
-    from spatialrl.backbone_eval import yes_margin
+    from spatialrl.standins.backbone_eval import yes_margin
 
     model.eval()
     hits = {"all": [], "<1": [], "1-2": [], ">=2": []}
@@ -484,7 +484,7 @@ def main():
     check_token_counts(encoder, eval_set[:20])
     match_rng = np.random.default_rng([args.seed, 515151])
     match_set = [make_match_example(match_rng, world, args, blur=False) for _ in range(args.match_scenes)]
-    from spatialrl.backbone_eval import pair_items
+    from spatialrl.standins.backbone_eval import pair_items
 
     pair_set = pair_items(args.seed + 90_001, world, args.pair_eval, args.image_size) if args.pair_eval else []
     data = PretrainDataConfig(patch_loss_weight=args.patch_loss, position_loss_weight=args.position_loss,

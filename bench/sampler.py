@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
 
 PROMPT = "a red circle to the left of a blue square, above a small green triangle"
 

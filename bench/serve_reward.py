@@ -38,7 +38,7 @@ def request_bodies(n_distinct: int) -> list[bytes]:
     from data_pipeline.dataset_io import decode_image
     from data_pipeline.pairs import make_pair
     from data_pipeline.world import load_world_preset
-    from spatialrl.reward_api import encode_image_b64
+    from spatialrl.reward.api import encode_image_b64
 
     world = load_world_preset("configs/dataset_easy.yaml")
     out = []
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.runtime import init_ray
     from jobs.serve_reward import deploy
-    from spatialrl.reward_api import ServeRewardConfig
+    from spatialrl.reward.api import ServeRewardConfig
 
     ckpt = args.checkpoint
     if not ckpt:
-        from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel
+        from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel
 
         ckpt = str(Path(tempfile.mkdtemp(prefix="serve-bench-")) / "rm")
         SpatialRewardModel(RewardModelConfig(backbone="tiny-pretrained", image_size=168, lora_rank=16),

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def grpo_summary(run: Path) -> dict:
     """Held-out numbers of one GRPO run folder, with the paired gain in verifier relation accuracy."""
-    from spatialrl.evaluation import paired_gain
+    from spatialrl.flux.evaluation import paired_gain
 
     g = json.loads((run / "summary.json").read_text())
     base, final = g["base"], g["final"]

@@ -1,6 +1,6 @@
 """Teacher-free spatial evaluation of a Qwen2.5-VL backbone on fresh scenes of a world preset.
 
-What is asked and how it is read: spatialrl/backbone_eval.py. Single process, no Ray (one small model).
+What is asked and how it is read: spatialrl/standins/backbone_eval.py. Single process, no Ray (one small model).
 
     python -m jobs.eval_backbone --model assets/tiny-pretrained/qwen2_5_vl --world configs/dataset_easy.yaml \
         --seed 7 --scenes 500 --json runs/eval_backbone.json
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from spatialrl.backbone_eval import BackboneEvalConfig, evaluate_backbone
+from spatialrl.standins.backbone_eval import BackboneEvalConfig, evaluate_backbone
 from spatialrl.config import add_config_args, job_config
 
 

@@ -42,7 +42,7 @@ class PairScorer:
     def __init__(self, checkpoint: str, batch_size: int, seed: int):
         import torch
 
-        from spatialrl.scorer import SpatialScorer
+        from spatialrl.reward.scorer import SpatialScorer
 
         self.scorers = {"spatialscore": SpatialScorer.from_checkpoint(checkpoint, batch_size=batch_size)}
         cfg = self.scorers["spatialscore"].model.cfg
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_dataset(Path(args.data))
-        from spatialrl.reward_model import read_checkpoint_meta
+        from spatialrl.reward.model import read_checkpoint_meta
 
         read_checkpoint_meta(Path(args.checkpoint))
     except (DatasetError, ValueError) as exc:

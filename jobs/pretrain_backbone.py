@@ -2,7 +2,7 @@
 
 The stand-in for Qwen2.5-VL-7B's own pretraining: the result is the `tiny-pretrained` backbone that the
 reward model starts from (shipped in assets/tiny-pretrained/qwen2_5_vl with its RECIPE.md and log).
-What is trained and why: spatialrl/backbone_pretrain.py.
+What is trained and why: spatialrl/standins/backbone.py.
 
     python -m jobs.pretrain_backbone --config configs/backbone_tiny.yaml --out runs/backbone
     python -m jobs.pretrain_backbone --config configs/backbone_tiny.yaml --out runs/backbone --set steps=200 --dry-run
@@ -20,7 +20,7 @@ import argparse
 import sys
 import time
 
-from spatialrl.backbone_pretrain import PretrainConfig, pretrain
+from spatialrl.standins.backbone import PretrainConfig, pretrain
 from spatialrl.config import add_config_args, job_config
 
 

@@ -4,7 +4,7 @@ Produces the `tiny-pretrained` Flux (assets/tiny-pretrained/flux: configs/genera
 stages): the stand-in for downloaded FLUX.1-dev weights, which the demo's GRPO then improves. Sampled with
 classifier-free guidance 4 it draws the requested objects ~82% of the time on held-out prompts while ~56% of the
 relations hold; recipe, numbers and what was tried: assets/tiny-pretrained/flux/RECIPE.md and
-`spatialrl/generator_pretrain.py`'s docstring.
+`spatialrl/standins/generator.py`'s docstring.
 
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --out assets/tiny-pretrained/flux --overwrite
     python -m jobs.pretrain_generator --config configs/generator_toy.yaml --out /tmp/g --set transformer.steps=200
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from spatialrl.config import add_config_args, job_config
-from spatialrl.generator_pretrain import PIPELINE_FILES, PIPELINE_PARTS, GeneratorPretrainConfig, pretrain
+from spatialrl.standins.generator import PIPELINE_FILES, PIPELINE_PARTS, GeneratorPretrainConfig, pretrain
 
 LOG_FILE = "training_log.jsonl"  # as jobs.pretrain_backbone names its log
 OUTPUTS = PIPELINE_FILES + (LOG_FILE, "summary.json")

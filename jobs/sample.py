@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 from spatialrl.config import ConfigError
-from spatialrl.evaluation import image_grid, read_prompts, verify_images
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.flux.evaluation import image_grid, read_prompts, verify_images
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -10,7 +10,7 @@ Starts (or joins, under `ray job submit` / `--address`) Ray, starts Serve's HTTP
 (127.0.0.1 unless told), deploys the application `app_name` and prints the URL; then serves until Ctrl-C, which
 removes the application (and Ray, if this job started it). `--detach` returns after deploying and leaves the
 application running on the cluster (`serve shutdown` or `serve.delete(app_name)` removes it). The HTTP API
-and its limits: spatialrl/reward_api.py; the deployment: actors/reward_service.py.
+and its limits: spatialrl/reward/api.py; the deployment: actors/reward_service.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 
 from spatialrl.config import add_config_args, job_config
-from spatialrl.reward_api import ServeRewardConfig, token_digest
+from spatialrl.reward.api import ServeRewardConfig, token_digest
 
 
 def deploy(cfg: ServeRewardConfig):
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
     from pathlib import Path
 
-    from spatialrl.reward_model import CONFIG_FILE
+    from spatialrl.reward.model import CONFIG_FILE
 
     if not (Path(cfg.checkpoint) / CONFIG_FILE).is_file():
         print(f"config error: checkpoint={cfg.checkpoint!r} has no {CONFIG_FILE}: point --checkpoint at a "

@@ -8,7 +8,7 @@ HPSv3 uncertainty-aware BT loss by default (plain BT as an option), chosen and r
     python -m jobs.train_reward --config configs/reward_cpu.yaml --data runs/dataset --out runs/reward --resume
     python -m jobs.train_reward --config configs/reward_full.yaml --data /data/spatialreward --out /ckpt/ss --workers 8
 
-Topology: the Ray Data streaming reader (data_pipeline/reader.py) feeds each worker through
+Topology: the Ray Data streaming reader (spatialrl/reward/reader.py) feeds each worker through
 `get_dataset_shard`; every worker runs a DeepSpeed engine (ZeRO-2 by default, ZeRO-3 option; gloo on CPU,
 NCCL + bf16 on GPU). Each epoch ends with validation and a checkpoint through `ray.train.report` (all ranks
 save DeepSpeed state); `FailureConfig` restarts a killed worker group from the last checkpoint, and
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_pipeline.reader import ReaderConfig
+from spatialrl.reward.reader import ReaderConfig
 from spatialrl.config import ConfigError, add_config_args, dump_yaml, job_config
 from spatialrl.metrics import MetricsLogger
-from spatialrl.reward_model import RewardModelConfig
+from spatialrl.reward.model import RewardModelConfig
 
 RUN_NAME = "train_reward"
 
@@ -118,7 +118,7 @@ def evaluate(engine, shard, collate, cfg: TrainRewardConfig) -> dict:
     """Pairwise accuracy (and mean BT loss) on this worker's share of the val split, summed over workers."""
     import torch
 
-    from spatialrl.reward_model import pair_loss_from_scores
+    from spatialrl.reward.model import pair_loss_from_scores
 
     model = engine.module
     model.eval()
@@ -145,8 +145,8 @@ def train_func(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
-    from data_pipeline.reader import PairCollator
-    from spatialrl.reward_model import SpatialRewardModel, pair_loss_from_scores
+    from spatialrl.reward.reader import PairCollator
+    from spatialrl.reward.model import SpatialRewardModel, pair_loss_from_scores
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -211,7 +211,7 @@ def train_func(config: dict) -> None:
 
 
 def datasets(cfg: TrainRewardConfig) -> dict:
-    from data_pipeline.reader import pair_dataset
+    from spatialrl.reward.reader import pair_dataset
 
     train = pair_dataset(cfg.data, "train", cfg.reader)
     if cfg.max_train_pairs:

@@ -7,7 +7,7 @@ import pytest
 
 from data_pipeline.relations import CONVERSE, relation_score
 from data_pipeline.world import load_world_preset
-from spatialrl.backbone_eval import check_backbone_folder, relation_questions
+from spatialrl.standins.backbone_eval import check_backbone_folder, relation_questions
 from spatialrl.config import ConfigError
 
 SHIPPED = "assets/tiny-pretrained/qwen2_5_vl"

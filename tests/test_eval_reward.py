@@ -22,7 +22,7 @@ def test_metrics_by_hand():
 def test_eval_job_end_to_end(ray_local, tmp_path):
     from jobs.build_dataset import main as build
     from jobs.eval_reward import main as evaluate
-    from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel
+    from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel
 
     data = tmp_path / "ds"
     assert build(["--pairs", "60", "--out", str(data), "--set", "splits=[0.5, 0.1, 0.4]", "--set", "pairs_per_block=20"]) == 0

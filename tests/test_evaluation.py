@@ -1,10 +1,10 @@
-"""spatialrl.evaluation's paired gain, worked by hand."""
+"""spatialrl.flux.evaluation's paired gain, worked by hand."""
 
 import math
 
 import pytest
 
-from spatialrl.evaluation import paired_gain
+from spatialrl.flux.evaluation import paired_gain
 
 
 def test_paired_gain_by_hand():

@@ -1,4 +1,4 @@
-"""Unit tests for spatialrl.flux_math: schedule, SDE/ODE steps and log-probs, latent packing.
+"""Unit tests for spatialrl.flux.math: schedule, SDE/ODE steps and log-probs, latent packing.
 
 Expected values are worked out by hand in the comments; the schedule is also checked against diffusers'
 FlowMatchEulerDiscreteScheduler with FLUX.1-dev's config. CPU, no Ray, well under a second each.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from spatialrl.flux_math import (
+from spatialrl.flux.math import (
     calculate_shift,
     flux_sigmas,
     latent_image_ids,
@@ -38,7 +38,7 @@ def test_imports_without_ray_diffusers_or_deepspeed():
     code = (
         "import sys\n"
         "for m in ('ray', 'diffusers', 'deepspeed', 'transformers', 'peft'): sys.modules[m] = None\n"
-        "import spatialrl.flux_math as fm\n"
+        "import spatialrl.flux.math as fm\n"
         "print(sorted(m for m in ('ray', 'diffusers', 'deepspeed') if sys.modules.get(m) is not None))\n"
         "print([round(s, 4) for s in fm.flux_sigmas(2, 256).tolist()])\n"
     )

@@ -1,4 +1,4 @@
-"""Unit tests for spatialrl.flux_sampler and jobs.sample on the tiny random Flux fixture (CPU, no Ray).
+"""Unit tests for spatialrl.flux.sampler and jobs.sample on the tiny random Flux fixture (CPU, no Ray).
 
 The invariants of docs/architecture.md section 3, exactly (max abs difference 0.0): noise level 0 reproduces the stock
 FluxPipeline; recomputed log-probs with unchanged weights give ratio 1. Plus LoRA swaps, seeding and the CLI.
@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from spatialrl.config import ConfigError
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig, flux_lora_config
-from spatialrl.flux_math import latent_image_ids, ode_step
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig, flux_lora_config
+from spatialrl.flux.math import latent_image_ids, ode_step
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a small yellow star"]
 BASE = dict(model="tiny", resolution=32, num_steps=4, group_size=3, batch_size=3, max_sequence_length=32)

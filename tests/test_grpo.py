@@ -23,8 +23,8 @@ import torch
 
 import jobs.grpo as grpo_job
 from cluster.resources import ResourceError, RoleResources, reserve
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
-from spatialrl.grpo_learner import GRPOLearnerConfig, TrainSelection
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.grpo.learner import GRPOLearnerConfig, TrainSelection
 from spatialrl.metrics import read_metrics
 
 pytestmark = pytest.mark.ray
@@ -40,7 +40,7 @@ def data(tmp_path_factory):
     from data_pipeline.pairs import make_pair
     from jobs.build_dataset import BuildDatasetConfig
     from spatialrl.config import load_config
-    from spatialrl.scorer import SpatialScorer
+    from spatialrl.reward.scorer import SpatialScorer
 
     root = tmp_path_factory.mktemp("grpo_data")
     world = load_config(BuildDatasetConfig, "configs/dataset_easy.yaml").world
@@ -113,7 +113,7 @@ SCFG = FluxSamplerConfig(model="tiny", resolution=32, num_steps=4, group_size=G,
 
 
 def test_learner_on_policy_ratio_is_one_and_two_ranks_stay_identical(ray_local, data, one_torch_thread):
-    from spatialrl.evaluation import read_prompts
+    from spatialrl.flux.evaluation import read_prompts
 
     rows = read_prompts(str(data / "prompts_train.jsonl"))[:2]
     group, pg = learner_group(2, GRPOLearnerConfig(clip_range=CLIP), SCFG)  # two ranks, one gloo process group
@@ -148,7 +148,7 @@ def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
     """With classifier-free guidance the learner's loss runs two forwards per step, as the sampler does."""
     import dataclasses
 
-    from spatialrl.evaluation import read_prompts
+    from spatialrl.flux.evaluation import read_prompts
 
     scfg = dataclasses.replace(SCFG, true_cfg_scale=3.0)
     rows = read_prompts(str(data / "prompts_train.jsonl"))[:1]

@@ -6,15 +6,15 @@ import sys
 import pytest
 import torch
 
-from spatialrl.grpo_math import (clipped_policy_loss, group_advantages, hacking_signal, sde_kl, topk_filter,
+from spatialrl.grpo.math import (clipped_policy_loss, group_advantages, hacking_signal, sde_kl, topk_filter,
                                  trained_steps, trend_t)
 
 
 def test_imports_torch_only():
-    import spatialrl.grpo_math  # noqa: F401
+    import spatialrl.grpo.math  # noqa: F401
 
-    assert not {"ray", "deepspeed", "diffusers"} & {m.split(".")[0] for m in vars(spatialrl.grpo_math)}
-    assert "spatialrl.grpo_math" in sys.modules
+    assert not {"ray", "deepspeed", "diffusers"} & {m.split(".")[0] for m in vars(spatialrl.grpo.math)}
+    assert "spatialrl.grpo.math" in sys.modules
 
 
 def test_group_advantages_by_hand():

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from jobs.pretrain_backbone import main
-from spatialrl.backbone_pretrain import (
+from spatialrl.standins.backbone import (
     PATCH_WORDS,
     ExampleEncoder,
     PretrainConfig,
@@ -163,15 +163,15 @@ def test_shipped_backbone_grounds_fresh_scenes_better_than_chance(shipped, one_t
 def test_reward_model_builds_on_the_shipped_backbone(shipped):
     from data_pipeline.pairs import make_pair
     from data_pipeline.world import WorldConfig
-    from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel
-    from spatialrl.scorer import SpatialScorer
+    from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel
+    from spatialrl.reward.scorer import SpatialScorer
     from data_pipeline.dataset_io import decode_image
 
     _, processor = shipped
     size = int(processor.image_processor.size["longest_edge"] ** 0.5)
     model = SpatialRewardModel(RewardModelConfig(backbone="tiny-pretrained", image_size=size, lora_rank=4))
     assert model.lora_module_names() and all("language_model" in n for n in model.lora_module_names())
-    from data_pipeline.reader import load_processor
+    from spatialrl.reward.prompt import load_processor
 
     scorer = SpatialScorer(model, load_processor("tiny-pretrained", size), device="cpu")
     pair = make_pair(0, 0, "test", WorldConfig())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spatialrl.config import ConfigError, load_config
-from spatialrl.generator_pretrain import (
+from spatialrl.standins.generator import (
     GeneratorPretrainConfig,
     TransformerConfig,
     build_t5_tokenizer,
@@ -153,7 +153,7 @@ def test_verifier_scores_tell_a_wrong_shape_from_a_missing_colour():
     from PIL import Image, ImageDraw
 
     from data_pipeline.world import PALETTE, draw_shape
-    from spatialrl.generator_pretrain import verifier_scores
+    from spatialrl.standins.generator import verifier_scores
 
     img = Image.new("RGB", (64, 64), (205, 205, 205))
     draw = ImageDraw.Draw(img)
@@ -185,8 +185,8 @@ def test_generator_eval_bench_counts_every_missed_object(tmp_path, one_torch_thr
 
 
 def test_sample_settings_share_one_pipeline_and_refuse_another_model(one_torch_thread):
-    from spatialrl.flux_sampler import FluxSamplerConfig
-    from spatialrl.generator_pretrain import sample_settings
+    from spatialrl.flux.sampler import FluxSamplerConfig
+    from spatialrl.standins.generator import sample_settings
 
     base = dict(model="tiny", resolution=32, num_steps=1, group_size=1, batch_size=2, max_sequence_length=32,
                 device="cpu")

@@ -7,7 +7,8 @@ import torch
 
 from data_pipeline.dataset_io import decode_image
 from data_pipeline.pairs import make_pair
-from data_pipeline.reader import PairCollator, ReaderConfig, encode_pairs, load_processor, reward_text
+from spatialrl.reward.prompt import encode_pairs, load_processor, reward_text
+from spatialrl.reward.reader import PairCollator, ReaderConfig
 from data_pipeline.world import WorldConfig
 
 
@@ -64,7 +65,7 @@ def test_image_size_must_fit_the_patch_grid():
 
 @pytest.mark.ray
 def test_ray_pipeline_streams_every_pair(ray_local, tmp_path):
-    from data_pipeline.reader import pair_dataset
+    from spatialrl.reward.reader import pair_dataset
     from jobs.build_dataset import main as build
     from spatialrl.models.loader import load_vl_model
 

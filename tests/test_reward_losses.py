@@ -1,4 +1,4 @@
-"""Unit tests for spatialrl.reward_losses: Bradley-Terry, the HPSv3 uncertainty loss (quadrature), accuracy.
+"""Unit tests for spatialrl.reward.losses: Bradley-Terry, the HPSv3 uncertainty loss (quadrature), accuracy.
 
 Expected values are worked out by hand or by an independent numerical method (scipy adaptive quadrature, a
 large Monte Carlo sample). CPU, no Ray, milliseconds. Run: .venv/bin/python -m pytest tests/test_reward_losses.py -q
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spatialrl.reward_losses import (
+from spatialrl.reward.losses import (
     bradley_terry_loss,
     gauss_hermite,
     pairwise_accuracy,
@@ -185,7 +185,7 @@ def test_imports_torch_only():
         "import sys\n"
         "for name in ('ray', 'transformers', 'peft', 'deepspeed', 'diffusers', 'numpy', 'scipy'):\n"
         "    sys.modules[name] = None\n"
-        "import spatialrl.reward_losses as m\n"
+        "import spatialrl.reward.losses as m\n"
         "import torch\n"
         "print(m.bradley_terry_loss(torch.zeros(2), torch.zeros(2)).item())\n"
     )

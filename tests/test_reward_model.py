@@ -1,4 +1,4 @@
-"""Unit tests for spatialrl.reward_model and spatialrl.scorer on the tiny random Qwen2.5-VL fixture.
+"""Unit tests for spatialrl.reward.model and spatialrl.reward.scorer on the tiny random Qwen2.5-VL fixture.
 
 Real transformers / peft classes (no mocks), CPU, no Ray. Pairs come from the spatial world
 (`data_pipeline.pairs.make_pair`) through the training reader's own preprocessing (`encode_pairs` +
@@ -15,10 +15,11 @@ import torch
 
 from data_pipeline.dataset_io import decode_image
 from data_pipeline.pairs import make_pair
-from data_pipeline.reader import PairCollator, encode_pairs, load_processor
+from spatialrl.reward.prompt import encode_pairs, load_processor
+from spatialrl.reward.reader import PairCollator
 from data_pipeline.world import WorldConfig
 from spatialrl.config import ConfigError
-from spatialrl.reward_model import (
+from spatialrl.reward.model import (
     CONFIG_FILE,
     HEAD_FILE,
     META_KEYS,
@@ -29,7 +30,7 @@ from spatialrl.reward_model import (
     lora_target_regex,
     pair_loss_from_scores,
 )
-from spatialrl.scorer import SpatialScorer, encode_items
+from spatialrl.reward.scorer import SpatialScorer, encode_items
 
 IMAGE_SIZE = 112
 NUM_PAIRS = 4

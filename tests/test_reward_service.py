@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from spatialrl.config import ConfigError
-from spatialrl.reward_api import (
+from spatialrl.reward.api import (
     LimitsConfig, RequestError, ServeRewardConfig, check_auth, check_length, check_route, decode_image_b64,
     encode_image_b64, parse_score_request, token_digest,
 )
@@ -156,7 +156,7 @@ def service(ray_local, tmp_path_factory, one_torch_thread):
     from ray import serve
 
     from jobs.serve_reward import deploy
-    from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel
+    from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel
 
     ckpt = tmp_path_factory.mktemp("svc") / "ckpt"
     SpatialRewardModel(RewardModelConfig(lora_rank=4), seed=3).save_pretrained(ckpt)
@@ -170,7 +170,7 @@ def service(ray_local, tmp_path_factory, one_torch_thread):
 
 @pytest.mark.ray
 def test_service_scores_equal_the_scorer_and_bad_requests_get_4xx(service):
-    from spatialrl.scorer import SpatialScorer
+    from spatialrl.reward.scorer import SpatialScorer
 
     cfg, handle = service
     url = f"http://127.0.0.1:{cfg.port}"
@@ -223,7 +223,7 @@ def test_serve_scorer_retries_a_lost_request_and_counts_it():
     """ServeScorer's retry loop (the handle is a stand-in here; the real one is exercised in test_grpo.py)."""
     import ray
 
-    from spatialrl.rewards import ServeScorer
+    from spatialrl.grpo.rewards import ServeScorer
 
     class Response:
         def __init__(self, outcome):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actors.sampler_actor import make_sampler_actor, sampler_actor_name
-from spatialrl.flux_sampler import FluxSampler, FluxSamplerConfig
+from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
 
 pytestmark = pytest.mark.ray
 

@@ -135,7 +135,7 @@ def test_verifier_sees_a_missing_object_and_a_wrong_shape():
 
 
 def test_relation_margins_by_hand_and_the_dense_verifier_reward():
-    from spatialrl.rewards import RewardConfig, RewardWorker
+    from spatialrl.grpo.rewards import RewardConfig, RewardWorker
 
     img = np.full((64, 64, 3), 230, np.uint8)
     img[10:20, 10:20] = PALETTE["red"]  # centre x 14.5

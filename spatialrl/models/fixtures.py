@@ -179,7 +179,7 @@ def _byte_alphabet() -> list[str]:
 def _train_qwen_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, wrapped as a `Qwen2Tokenizer`.
 
-    `corpus` (default `spatial_corpus()`) is what the merges are learned on; `spatialrl.backbone_pretrain`
+    `corpus` (default `spatial_corpus()`) is what the merges are learned on; `spatialrl.standins.backbone`
     passes a larger one so that every word of the spatial world's prompts is a single token, as in a real
     150k-token vocabulary."""
     from transformers import AddedToken, Qwen2Tokenizer

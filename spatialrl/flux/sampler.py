@@ -3,7 +3,7 @@
 A plain class (Ray wraps it in `actors/sampler_actor.py`). It loads a FluxPipeline through
 `spatialrl.models.loader` (tiny, small or full presets, or a folder), encodes each prompt once, and runs its
 own denoising loop over the transformer (not `pipe.__call__`), so that each step can be an SDE step with a
-log-prob (`spatialrl.flux_math.sde_step`, GRPO rollouts) or a plain Euler step (noise level 0, evaluation).
+log-prob (`spatialrl.flux.math.sde_step`, GRPO rollouts) or a plain Euler step (noise level 0, evaluation).
 Noise level 0 reproduces the stock `FluxPipeline` latents bit for bit in float32 (same seeds, steps, batch), with
 or without its true classifier-free guidance (`true_cfg_scale` > 1: a second forward per step on the negative
 prompt; FLUX.1-dev is guidance-distilled and needs none, the toy generator is not and gains from it). The SDE
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux_math import flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, unpack_latents
+from spatialrl.flux.math import flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, unpack_latents
 
 # Flow-GRPO's Flux LoRA targets (train_flux.py): attention and MLPs of the double-stream blocks; in the
 # single-stream blocks only attn.to_q/k/v match (their attention is pre_only, proj_mlp/proj_out not targeted).

@@ -106,7 +106,7 @@ def scene_image(scene, image_size: int) -> Image.Image:
 
 def relation_questions(rng: np.random.Generator, world, n_scenes: int, image_size: int) -> list[dict]:
     """One yes/no question per decisive fact of each of `n_scenes` fresh scenes (see the module docstring)."""
-    from spatialrl.backbone_pretrain import QA_PHRASES
+    from spatialrl.standins.backbone import QA_PHRASES
 
     grid = image_size // 28
     out = []
@@ -131,7 +131,7 @@ def relation_questions(rng: np.random.Generator, world, n_scenes: int, image_siz
 @torch.no_grad()
 def answer_margins(model, encoder, questions: list[dict], batch_size: int) -> list[float]:
     """logit(" yes") - logit(" no") after each question, asked alone after the pretraining prefix."""
-    from spatialrl.backbone_pretrain import Example, answer_logits
+    from spatialrl.standins.backbone import Example, answer_logits
 
     yes, no = encoder.yes_no
     out: list[float] = []
@@ -146,7 +146,7 @@ def answer_margins(model, encoder, questions: list[dict], batch_size: int) -> li
 @torch.no_grad()
 def yes_margin(model, processor, prompts: list[str], images: list, batch_size: int = 32) -> list[float]:
     """logit(" yes") - logit(" no") at the last token of the reward query (the reward model's reading position)."""
-    from data_pipeline.reader import reward_text
+    from spatialrl.reward.prompt import reward_text
 
     tok = processor.tokenizer
     yes, no = (tok(w, add_special_tokens=False)["input_ids"][0] for w in (" yes", " no"))
@@ -197,7 +197,7 @@ def pair_items(seed: int, world, n: int, image_size: int) -> list[dict]:
 @torch.no_grad()
 def grounding(model, encoder, rng: np.random.Generator, world, n: int, image_size: int) -> dict:
     """Logit lens at the LM's input: object-covered image tokens (>= 50% one object) naming its colour / shape."""
-    from spatialrl.backbone_pretrain import PATCH_WORDS, patch_targets
+    from spatialrl.standins.backbone import PATCH_WORDS, patch_targets
 
     colours = [PATCH_WORDS.index(c) for c in PALETTE]
     shapes = [PATCH_WORDS.index(s) for s in SHAPES]
@@ -230,7 +230,7 @@ def _image_embeddings(model, pixels, batch: int) -> torch.Tensor:
 
 def evaluate_backbone(cfg: BackboneEvalConfig) -> dict:
     """All readings of `cfg.model` on fresh scenes of `cfg.world` (keys: see the module docstring)."""
-    from spatialrl.backbone_pretrain import ExampleEncoder
+    from spatialrl.standins.backbone import ExampleEncoder
 
     torch.set_num_threads(cfg.threads)
     model, processor = load_eval_backbone(cfg.model)

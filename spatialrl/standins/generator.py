@@ -62,7 +62,7 @@ import torch
 from data_pipeline import world as spatial_world
 from data_pipeline.world import WorldConfig
 from spatialrl.config import ConfigError, repo_path, to_dict
-from spatialrl.flux_math import calculate_shift, latent_image_ids, pack_latents
+from spatialrl.flux.math import calculate_shift, latent_image_ids, pack_latents
 
 SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -260,7 +260,7 @@ def verifier_scores(images: np.ndarray, structured: list[dict]) -> dict[str, flo
     `colour_found`: the fraction of named objects whose colour covers more than a speck, whatever its shape; the
     gap to `object_presence` is objects drawn in the right colour with a shape the verifier does not recognise.
     """
-    from spatialrl.evaluation import verify_images
+    from spatialrl.flux.evaluation import verify_images
 
     summary, _ = verify_images(structured, images, k=1)
     return {key: summary[key] for key in ("object_presence", "relation_accuracy", "all_correct", "colour_found")}
@@ -647,7 +647,7 @@ PIPELINE_FILES = ("model_index.json",)
 def sample_settings(configs: list, prompts: list[str], seed: int = 0):
     """Yield `(config, images [N, H, W, 3], seconds)`: one image per prompt under each FluxSamplerConfig, from one
     loaded pipeline (the configs may differ in how they sample, not in the model, dtype or device they load)."""
-    from spatialrl.flux_sampler import FluxSampler
+    from spatialrl.flux.sampler import FluxSampler
 
     sampler = None
     for scfg in configs:
@@ -667,7 +667,7 @@ def sample_settings(configs: list, prompts: list[str], seed: int = 0):
 def sample_check(model_dir: Path, examples: Examples, cfg: SampleCheckConfig, text: TextConfig, resolution: int):
     """Sample the saved pipeline through FluxSampler on held-out prompts; verifier scores per noise level and
     classifier-free guidance scale (keys `noise_0.7`, `noise_0.7_cfg3`: the empty prompt as the negative one)."""
-    from spatialrl.flux_sampler import FluxSamplerConfig
+    from spatialrl.flux.sampler import FluxSamplerConfig
 
     n = min(cfg.prompts, len(examples.prompts))
     configs = [

@@ -10,8 +10,8 @@ Follows HPSv3 (docs/architecture.md section 3) with these departures:
   gate_proj / up_proj / down_proj and a plain name list would put LoRA on the ViT too.
 - The reward is read at the last token of the prompt (no added `<|Reward|>` token, so no vocabulary change).
   The processor pads left, so that is position -1; right padding works too (the last attended position).
-- Chosen and rejected go through one concatenated [2B] batch (`data_pipeline.reader.PairCollator`), not two
-  passes; the uncertainty loss uses quadrature, not Monte Carlo (`spatialrl.reward_losses`).
+- Chosen and rejected go through one concatenated [2B] batch (`spatialrl.reward.reader.PairCollator`), not two
+  passes; the uncertainty loss uses quadrature, not Monte Carlo (`spatialrl.reward.losses`).
 Every processor key (input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, ...) goes to
 the backbone: without mm_token_type_ids Qwen2.5-VL silently falls back from 3-D M-RoPE to 1-D positions.
 
@@ -23,9 +23,9 @@ A checkpoint folder (`save_pretrained` / `from_pretrained`):
     backbone/                  full fine-tune instead of the adapter: the whole Qwen2_5_VLModel, safetensors
 The processor is never saved: it is the backbone's (`cfg.backbone`), with the pixel count fixed to image_size^2.
 
-    from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel
+    from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel
     model = SpatialRewardModel(RewardModelConfig(backbone="tiny"))
-    loss, metrics = model.pair_loss(batch)        # batch from data_pipeline.reader.PairCollator
+    loss, metrics = model.pair_loss(batch)        # batch from spatialrl.reward.reader.PairCollator
     model.save_pretrained("runs/rm/final"); SpatialRewardModel.from_pretrained("runs/rm/final")
 
 Tests: .venv/bin/python -m pytest tests/test_reward_model.py -q
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from spatialrl.config import ConfigError
-from spatialrl.reward_losses import bradley_terry_loss, pairwise_accuracy, uncertainty_bt_loss
+from spatialrl.reward.losses import bradley_terry_loss, pairwise_accuracy, uncertainty_bt_loss
 
 CONFIG_FILE = "spatialscore_config.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -130,7 +130,7 @@ def last_token_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch
 
 def instruction_version() -> tuple[str, str]:
     """The reward query's instruction text and a short hash of it, stored with every checkpoint."""
-    from data_pipeline.reader import REWARD_INSTRUCTION
+    from spatialrl.reward.prompt import REWARD_INSTRUCTION
 
     return REWARD_INSTRUCTION, hashlib.sha1(REWARD_INSTRUCTION.encode()).hexdigest()[:12]
 
@@ -361,7 +361,7 @@ def read_checkpoint_meta(ckpt: Path) -> dict:
     if meta.get("instruction_version") != version:
         raise CheckpointError(
             f"{ckpt} was trained with the reward instruction {meta.get('instruction')!r} but "
-            f"data_pipeline.reader.REWARD_INSTRUCTION is now {instruction!r}; its scores would be meaningless. "
+            f"spatialrl.reward.reader.REWARD_INSTRUCTION is now {instruction!r}; its scores would be meaningless. "
             f"Restore that instruction or retrain the reward model."
         )
     return meta

@@ -1,6 +1,6 @@
 """RewardWorker: the GRPO job's reward for a batch of generated images, as a plain class.
 
-The reward is SpatialScore (`spatialrl.scorer.SpatialScorer`, the one scoring path every job shares). When the
+The reward is SpatialScore (`spatialrl.reward.scorer.SpatialScorer`, the one scoring path every job shares). When the
 prompts carry the spatial world's structure (`objects` / `relations` from `prompts_*.jsonl`), the worker also
 runs the pixel-only verifier on each image: that is the ground truth the reward model stands in for, logged next
 to the reward so reward hacking shows (reward up, verifier flat). `source="verifier"` trains on the verifier's
@@ -79,7 +79,7 @@ class RewardWorker:
         if cfg.backend == "serve":
             self.scorer = ServeScorer(cfg.serve_app, cfg.serve_retries)
         elif cfg.source == "spatialscore":
-            from spatialrl.scorer import SpatialScorer
+            from spatialrl.reward.scorer import SpatialScorer
 
             self.scorer = SpatialScorer.from_checkpoint(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
 

@@ -24,9 +24,10 @@ from actors.learner_actor import LearnerGroup
 from actors.reward_actor import RewardActor, reward_actor_name
 from actors.sampler_actor import make_sampler_actor, sampler_actor_name
 from cluster.resources import actor_options, check_available, reserve
-from spatialrl.evaluation import image_grid, read_prompts
-from spatialrl.grpo_learner import TrainSelection
-from spatialrl.grpo_math import hacking_signal, topk_filter
+from spatialrl.flux.evaluation import image_grid, read_prompts
+from spatialrl.grpo.config import GRPOJobConfig
+from spatialrl.grpo.learner import TrainSelection
+from spatialrl.grpo.math import hacking_signal, topk_filter
 from spatialrl.metrics import MetricsLogger, read_metrics
 
 # errors that mean "the actor (or the object it made) is gone": redo the group; anything else is a bug -> raise
@@ -64,7 +65,7 @@ def step_prompt_ids(n_rows: int, per_step: int, step: int, seed: int) -> list[in
 
 
 class GRPOController:
-    def __init__(self, cfg, run_dir: Path):
+    def __init__(self, cfg: GRPOJobConfig, run_dir: Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.rows = read_prompts(cfg.data.prompts)
@@ -402,7 +403,7 @@ def deploy_reward_service(reward) -> str:
     from ray import serve
 
     from actors.reward_service import build_app
-    from spatialrl.reward_api import ServeRewardConfig
+    from spatialrl.reward.api import ServeRewardConfig
 
     try:
         running = reward.serve_app in serve.status().applications

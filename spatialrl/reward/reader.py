@@ -6,7 +6,7 @@ A Ray Data pipeline that never materialises the dataset: `read_parquet` streams 
 and the rejected ones second, so one forward pass scores both (docs/architecture.md section 3). Every key the processor
 returns travels to the model (dropping `mm_token_type_ids` silently breaks M-RoPE).
 
-    from data_pipeline.reader import ReaderConfig, pair_dataset, PairCollator
+    from spatialrl.reward.reader import ReaderConfig, pair_dataset, PairCollator
     ds = pair_dataset("runs/dataset", "train", ReaderConfig(processor="tiny"))
     for batch in ds.iter_torch_batches(batch_size=8, collate_fn=PairCollator.from_config(cfg)):
         batch["input_ids"]  # [2B, L]: rows 0..B-1 chosen, B..2B-1 rejected
@@ -23,12 +23,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data_pipeline.dataset_io import decode_image, split_dir
-
-REWARD_INSTRUCTION = (
-    "Look at the image and judge whether it follows every spatial relation in this description: {prompt}"
-)
-SIDES = ("chosen", "rejected")
-PIXEL_KEYS = ("pixel_values",)  # processor outputs indexed by image patch, not by sample
+from spatialrl.reward.prompt import PIXEL_KEYS, SIDES, encode_pairs, load_processor
 
 
 @dataclass
@@ -52,52 +47,6 @@ class ReaderConfig:
             raise ConfigError(f"reader.image_size={self.image_size}: use a multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
         if self.read_tasks < 1 or self.num_actors < 1:
             raise ConfigError(f"reader.read_tasks={self.read_tasks}, reader.num_actors={self.num_actors}: need at least 1 each")
-
-
-def reward_text(processor, prompt: str) -> str:
-    """The chat-formatted reward query for one prompt (one image slot, generation prompt appended)."""
-    messages = [{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": REWARD_INSTRUCTION.format(prompt=prompt)},
-    ]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def load_processor(name: str, image_size: int):
-    from spatialrl.models.loader import load_vl_processor
-
-    pixels = image_size * image_size
-    return load_vl_processor(name, min_pixels=pixels, max_pixels=pixels)
-
-
-def encode_pairs(processor, image_size: int, prompts: list[str], chosen: list, rejected: list,
-                 max_length: int = 640) -> dict[str, np.ndarray]:
-    """Processor outputs for a list of pairs as fixed-shape arrays, one row per pair and side.
-
-    Returns {f"{side}_{key}": array [n, ...]}: token-level keys left-padded to `max_length` ([n, max_length]),
-    pixel keys as each image's patch rows ([n, P, D]; every image has the same size, so the same P), other
-    per-image keys as they are (e.g. image_grid_thw [n, 3]). Fixed shapes keep Ray Data blocks as plain
-    tensors (variable-shaped columns cost several times more to move); the collator trims the padding again.
-    """
-    n = len(prompts)
-    texts = [reward_text(processor, p) for p in prompts]
-    images = [img if img.size == (image_size, image_size) else img.resize((image_size, image_size), 2)
-              for img in chosen + rejected]  # 2 = bilinear
-    enc = processor(text=texts + texts, images=images, padding="max_length", max_length=max_length,
-                    truncation=False, return_tensors="np")
-    seq_len = enc["attention_mask"].shape[1]
-    if seq_len > max_length:
-        raise ValueError(
-            f"a prompt needs {seq_len} tokens with its image, more than reader.max_length={max_length}; "
-            "raise reader.max_length (prompts are never truncated: the cut relations would be lost)"
-        )
-    out: dict[str, np.ndarray] = {}
-    for key, value in enc.items():
-        value = np.asarray(value)
-        if key in PIXEL_KEYS:
-            value = value.reshape(2 * n, -1, value.shape[-1])  # [2n, P, D]
-        for s_i, side in enumerate(SIDES):
-            out[f"{side}_{key}"] = value[s_i * n:(s_i + 1) * n]
-    return out
 
 
 class PairPreprocessor:

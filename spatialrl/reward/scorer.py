@@ -7,7 +7,7 @@ The eval job, the Ray Serve deployment and the GRPO reward workers all wrap this
     baseline = SpatialScorer.untrained("tiny")  # fresh LoRA + head: the "no training" row of the eval table
 
 Images are PIL images or uint8 HWC RGB arrays. They are prepared by `encode_items`, which is the training
-reader's recipe (`data_pipeline.reader`): RGB, bilinear resize to the checkpoint's square image size, the
+reader's recipe (`spatialrl.reward.reader`): RGB, bilinear resize to the checkpoint's square image size, the
 same chat-formatted instruction (`reward_text`), the same processor with the pixel count fixed, left padding.
 So a pair scored here gets the same mu as in the training batch (tests/test_reward_model.py checks 1e-5).
 Scoring runs under torch.inference_mode in chunks of `batch_size`; with left padding a row's score does not
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spatialrl.reward_model import RewardModelConfig, SpatialRewardModel, config_from_meta, read_checkpoint_meta
+from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel, config_from_meta, read_checkpoint_meta
 
 
 def as_rgb_image(image, image_size: int) -> Image.Image:
@@ -45,7 +45,7 @@ def as_rgb_image(image, image_size: int) -> Image.Image:
 
 def encode_items(processor, image_size: int, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
     """Processor inputs for single (prompt, image) items, prepared exactly as the training reader does."""
-    from data_pipeline.reader import reward_text
+    from spatialrl.reward.prompt import reward_text
 
     if len(prompts) != len(images):
         raise ValueError(f"got {len(prompts)} prompts and {len(images)} images; pass one image per prompt")
@@ -73,7 +73,7 @@ class SpatialScorer:
         batch_size: int = 16,
     ) -> "SpatialScorer":
         """Load a `SpatialRewardModel.save_pretrained` folder. `dtype` None = the dtype it was trained in."""
-        from data_pipeline.reader import load_processor
+        from spatialrl.reward.prompt import load_processor
 
         meta = read_checkpoint_meta(Path(ckpt_dir))
         cfg = config_from_meta(meta, Path(ckpt_dir))
@@ -91,7 +91,7 @@ class SpatialScorer:
         """
         from dataclasses import replace
 
-        from data_pipeline.reader import load_processor
+        from spatialrl.reward.prompt import load_processor
 
         cfg = cfg or RewardModelConfig()
         if backbone is not None:

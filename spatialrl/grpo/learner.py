@@ -9,7 +9,7 @@ One `train_step`:
   1. the kept samples (Top-k) of every trajectory are cut into micro-batches of the trajectory's sampling batch
      size; micro-batches are dealt round-robin to the ranks;
   2. for each micro-batch and each trained timestep: recompute log pi_theta(x_{j+1} | x_j) with grad, the
-     clipped loss (spatialrl.grpo_math), optionally the KL to the reference (LoRA disabled), one backward;
+     clipped loss (spatialrl.grpo.math), optionally the KL to the reference (LoRA disabled), one backward;
   3. `updates_per_step` optimizer steps per call (1 = Flow-GRPO's on-policy setting). DeepSpeed runs with
      `managed_gradient_accumulation=False`: backward only accumulates, `step()` reduces over ranks (ZeRO-2
      partitions gradients and optimizer state) and applies AdamW with gradient clipping.
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux_math import latent_image_ids, sde_std, sde_step
-from spatialrl.flux_sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
-from spatialrl.grpo_math import clipped_policy_loss, sde_kl, trained_steps
+from spatialrl.flux.math import latent_image_ids, sde_std, sde_step
+from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
+from spatialrl.grpo.math import clipped_policy_loss, sde_kl, trained_steps
 
 
 @dataclass

@@ -290,7 +290,7 @@ def backbone_corpus() -> list[str]:
     bg_pairs = list(zip(BACKGROUNDS, list(BACKGROUNDS)[1:]))
     lines += [w.format(c0=a, c1=b) for ws in prompts.BG_WORDS.values() for w in ws for a, b in bg_pairs]
     lines += prompts.LINKS + prompts.OUTROS + prompts.NUMBER_WORDS
-    from data_pipeline.reader import REWARD_INSTRUCTION
+    from spatialrl.reward.prompt import REWARD_INSTRUCTION
 
     lines.append(REWARD_INSTRUCTION.format(prompt=""))
     lines.append(QUESTION)
@@ -410,7 +410,7 @@ def scene_example(rng: np.random.Generator, world: WorldConfig, data: PretrainDa
     if rng.random() < data.blur_prob:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(*data.blur_radius))))
     if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR)  # as data_pipeline.reader does
+        img = img.resize((image_size, image_size), Image.BILINEAR)  # as spatialrl.reward.reader does
     segments: list[tuple[str, bool]] = []
     kinds: list[str] = []
 
