@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu cluster-test demo demo-control demo-from-scratch bench-data clean
+.PHONY: setup test test-all test-slow test-gpu chaos-test cluster-test demo demo-control demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -23,6 +23,10 @@ test-slow: setup
 
 test-gpu: setup
 	$(PYTEST) -m gpu -q
+
+## the chaos tier: killed / hung actors and a SIGKILLed GRPO driver resumed until done (about 6 min)
+chaos-test: setup
+	$(PYTEST) tests/test_chaos.py -m slow -q
 
 ## two real Ray nodes on this machine: token auth, jobs submitted, the sampler on the second node, metrics scraped
 cluster-test: setup

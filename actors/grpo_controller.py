@@ -6,6 +6,12 @@ so rewards start as soon as each group's images exist), collect with re-dispatch
 Top-k + advantages on the driver, one learner step, publish the next LoRA version. Checkpoints hold the learner's
 DeepSpeed state plus the loop state (step, version, the LoRA of steps already sampled ahead), so `--resume`
 continues exactly where an interrupted run stopped.
+
+Crash safety: a checkpoint folder and `final/` are written under a hidden staging name and renamed into place
+when complete, then `checkpoints/latest.json` is replaced atomically (spatialrl/atomic.py), so a driver killed
+at any point resumes from the last whole checkpoint. Every wait on actors has a timeout (cluster.actor_timeout_s,
+cluster.learner_timeout_s): a hung sampler or reward actor is killed, restarted by Ray and its groups redone; a
+hung or dead learner rank stops the job with `JobStopped`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.learner_actor import LearnerGroup
+from actors.learner_actor import JobStopped, LearnerGroup
 from actors.reward_actor import RewardActor, reward_actor_name
 from actors.sampler_actor import make_sampler_actor, sampler_actor_name
 from cluster.resources import actor_options, check_available, reserve
@@ -28,10 +34,12 @@ from spatialrl.flux.evaluation import image_grid, read_prompts
 from spatialrl.grpo.config import GRPOJobConfig
 from spatialrl.grpo.learner import TrainSelection
 from spatialrl.grpo.math import hacking_signal, topk_filter
+import spatialrl.atomic as atomic
 from spatialrl.metrics import MetricsLogger, read_metrics
 
 # errors that mean "the actor (or the object it made) is gone": redo the group; anything else is a bug -> raise
-RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError)
+RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
+             ray.exceptions.GetTimeoutError)
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Group:
     seed: int
     attempts: int = 0
     refs: tuple = ()  # (images, trajectory, reward) object refs
+    actors: tuple = ()  # (sampler, reward actor) the refs are waiting on
     result: dict = field(default_factory=dict)
 
 
@@ -88,8 +97,10 @@ class GRPOController:
                                 **actor_options(self.pgs["reward"], i, cfg.cluster.reward)).remote(cfg.reward)
             for i in range(cfg.cluster.reward.count)
         ]
-        self.learner = LearnerGroup(cfg.sampler, cfg.learner, cfg.cluster.learner, self.pgs["learner"])
-        ray.get([s.latent_size.remote(cfg.sampler.resolution) for s in self.samplers])  # models loaded
+        self.learner = LearnerGroup(cfg.sampler, cfg.learner, cfg.cluster.learner, self.pgs["learner"],
+                                    timeout_s=cfg.cluster.learner_timeout_s)
+        ray.get([s.latent_size.remote(cfg.sampler.resolution) for s in self.samplers],
+                timeout=cfg.cluster.actor_timeout_s)  # models loaded
         self.startup_s = time.time() - t0
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", run=self.run_dir.name)
         self.version = 0
@@ -146,7 +157,10 @@ class GRPOController:
             live = {grp.version for q in queue for grp in q} | {self.version}
             self._state_for = {v: r for v, r in self._state_for.items() if v in live}  # free old LoRA versions
         final = self.run_dir / "final"
-        self.learner.save_lora(str(final))
+        atomic.remove_stale(self.run_dir, "final")
+        staging = atomic.staging_dir(final)
+        self.learner.save_lora(str(staging))
+        atomic.publish_dir(staging, final)
         if self.eval_rows:
             evals["final"] = self.evaluate(version=self.version, state_ref=self.state_ref)
             self._write_json("eval.json", evals)
@@ -209,20 +223,24 @@ class GRPOController:
             version=grp.version, noise_level=noise_level, group_size=group_size, shared_noise=shared_noise,
         )
         grp.refs = (images, traj, rewarder.score.remote(images, [grp.row] * k))
+        grp.actors = (sampler, rewarder)
         grp.attempts += 1
 
     def _collect(self, groups: list[Group], **submit_kw) -> None:
         """Wait for every group's rewards; re-dispatch groups whose sampler or reward actor died."""
         todo = list(groups)
         while todo:
-            ray.wait([grp.refs[2] for grp in todo], num_returns=len(todo))
+            ready, late = ray.wait([grp.refs[2] for grp in todo], num_returns=len(todo),
+                                   timeout=self.cfg.cluster.actor_timeout_s)
+            if late:
+                self._kill_hung([grp for grp in todo if grp.refs[2] in set(late)])
             failed = []
             for grp in todo:
                 try:
-                    grp.result = ray.get(grp.refs[2])
+                    grp.result = ray.get(grp.refs[2], timeout=self.cfg.cluster.actor_timeout_s)
                 except RETRYABLE as e:
                     if grp.attempts > self.cfg.grpo.max_retries:
-                        raise RuntimeError(
+                        raise JobStopped(
                             f"step {grp.step} group {grp.index}: actors failed {grp.attempts} times "
                             f"(last: {type(e).__name__}); raise grpo.max_retries or check the actors' logs"
                         ) from e
@@ -235,10 +253,24 @@ class GRPOController:
                 self._submit(grp, **submit_kw)
             todo = failed
 
-    def _await_actors(self, timeout_s: float = 600.0) -> None:
+    def _kill_hung(self, late: list[Group]) -> None:
+        """Groups still pending after cluster.actor_timeout_s: kill the actor each waits on (the sampler while its
+        images are not made, else the reward actor); Ray restarts it and the group fails over to a re-dispatch."""
+        hung = {}
+        for grp in late:
+            images_done = bool(ray.wait([grp.refs[0]], timeout=0)[0])
+            actor = grp.actors[1] if images_done else grp.actors[0]
+            hung[actor._actor_id] = (actor, "reward actor" if images_done else "sampler")
+        for actor, role in hung.values():
+            print(f"a {role} did not answer within {self.cfg.cluster.actor_timeout_s:g} s "
+                  "(cluster.actor_timeout_s): killing it; Ray restarts it and its groups are redone", flush=True)
+            ray.kill(actor, no_restart=False)
+
+    def _await_actors(self, timeout_s: float | None = None) -> None:
         """Block until every sampler and reward actor answers again. While Ray restarts an actor, tasks sent to
         it fail at once with ActorUnavailableError (actors run with max_task_retries=0), so re-dispatching
         straight away would spend all of grpo.max_retries in milliseconds, long before the model is reloaded."""
+        timeout_s = timeout_s or self.cfg.cluster.actor_timeout_s
         deadline = time.time() + timeout_s
         for actor in self.samplers + self.rewarders:
             while True:
@@ -247,7 +279,7 @@ class GRPOController:
                     break
                 except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                     if time.time() > deadline:
-                        raise RuntimeError(
+                        raise JobStopped(
                             f"an actor was still restarting after {timeout_s:g} s; check its logs (ray logs)"
                         ) from None
                     time.sleep(0.2)
@@ -336,8 +368,9 @@ class GRPOController:
     def _checkpoint(self, step: int, in_flight: list[Group]) -> None:
         from safetensors.torch import save_file
 
-        ckpt = self.run_dir / "checkpoints" / f"step_{step:05d}"
-        ckpt.mkdir(parents=True, exist_ok=True)
+        final = self.run_dir / "checkpoints" / f"step_{step:05d}"
+        atomic.remove_stale(final.parent, final.name)
+        ckpt = atomic.staging_dir(final)  # renamed to `final` once whole; latest.json moves after that
         self.learner.save_checkpoint(str(ckpt / "learner"))
         ahead = {}
         for grp in in_flight:  # steps already sampled ahead used these weights: keep them for an exact resume
@@ -346,7 +379,8 @@ class GRPOController:
                 ahead[grp.step] = grp.version
         state = {"step": step, "version": self.version, "redispatched": self.redispatched, "ahead": ahead}
         (ckpt / "state.json").write_text(json.dumps(state))
-        (self.run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"path": ckpt.name, "step": step}))
+        atomic.publish_dir(ckpt, final)
+        atomic.write_json(self.run_dir / "checkpoints" / "latest.json", {"path": final.name, "step": step}, indent=None)
         for old in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-2]:  # keep the last two
             import shutil
 
@@ -357,6 +391,7 @@ class GRPOController:
 
         latest = json.loads((self.run_dir / "checkpoints" / "latest.json").read_text())
         ckpt = self.run_dir / "checkpoints" / latest["path"]
+        atomic.recover_dir(ckpt)  # a crash between publish_dir's two renames
         state = json.loads((ckpt / "state.json").read_text())
         self.learner.load_checkpoint(str(ckpt / "learner"))
         self.version, self.redispatched = state["version"], state["redispatched"]
@@ -378,7 +413,7 @@ class GRPOController:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def _write_json(self, name: str, data: dict) -> None:
-        (self.run_dir / name).write_text(json.dumps(data, indent=2) + "\n")
+        atomic.write_json(self.run_dir / name, data)
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group

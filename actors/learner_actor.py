@@ -4,8 +4,9 @@ Not Ray Train: GRPO's loop lives in the driver (single controller), so the learn
 driver calls. Rank 0 publishes its node address and a free port; every rank then builds its `GRPOLearner`,
 which joins the group (gloo on CPU, NCCL on GPU) and wraps the LoRA in DeepSpeed. Actors are named
 `spatialrl/learner-{rank}` and live in the `learner` role's placement group. A DeepSpeed group does not survive
-the loss of a rank, so learner actors are not restarted: the job stops with the error and `--resume` continues
-from the last checkpoint.
+the loss of a rank, so learner actors are not restarted: a rank that dies or does not answer within
+`timeout_s` (the GRPO job's cluster.learner_timeout_s) stops the job with `JobStopped`, whose message says to
+continue with `--resume` from the last checkpoint.
 
     group = LearnerGroup(sampler_cfg, learner_cfg, res, pg)
     stats = group.train_step(traj_refs, selections)
@@ -19,6 +20,11 @@ import ray
 from cluster.resources import RoleResources, actor_options
 from spatialrl.flux.sampler import FluxSamplerConfig
 from spatialrl.grpo.learner import GRPOLearner, GRPOLearnerConfig, TrainSelection
+
+
+class JobStopped(RuntimeError):
+    """The GRPO run cannot go on (a lost or hung learner rank, actors that keep failing); the message says why and
+    what to do. The job prints it and exits 1."""
 
 
 def learner_actor_name(rank: int) -> str:
@@ -67,31 +73,45 @@ class LearnerGroup:
 
     def __init__(self, sampler_cfg: FluxSamplerConfig, cfg: GRPOLearnerConfig, res: RoleResources, pg,
                  timeout_s: float = 600.0):
+        self.timeout_s = timeout_s
         self.actors = [
             LearnerRank.options(name=learner_actor_name(i), max_restarts=0, **actor_options(pg, i, res)).remote()
             for i in range(res.count)
         ]
-        addr, port = ray.get(self.actors[0].address.remote(), timeout=timeout_s)
-        counts = ray.get(
-            [a.setup.remote(sampler_cfg, cfg, i, res.count, addr, port) for i, a in enumerate(self.actors)],
-            timeout=timeout_s,
-        )
+        addr, port = self._get(self.actors[0].address.remote(), "start")
+        counts = self._get(
+            [a.setup.remote(sampler_cfg, cfg, i, res.count, addr, port) for i, a in enumerate(self.actors)], "setup")
         self.num_lora_params = int(counts[0])
 
+    def _get(self, refs, what: str):
+        """ray.get with the learner's timeout; a dead or hung rank becomes JobStopped with the way on."""
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise JobStopped(
+                f"the learner group did not finish {what} within {self.timeout_s:g} s (cluster.learner_timeout_s): "
+                "a rank hangs (or waits in a collective for one that does). The run stops here; look at "
+                "`ray logs` of the spatialrl/learner-* actors, then continue with --resume from the last checkpoint "
+                "(raise cluster.learner_timeout_s if the step is just slow)") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            raise JobStopped(
+                f"a learner rank died during {what} ({type(exc).__name__}); a DeepSpeed group does not survive a "
+                "lost rank, so the run stops here. Continue it with --resume from the last checkpoint") from None
+
     def train_step(self, traj_refs: list, selections: list[TrainSelection]) -> dict[str, float]:
-        return ray.get([a.train_step.remote(selections, *traj_refs) for a in self.actors])[0]
+        return self._get([a.train_step.remote(selections, *traj_refs) for a in self.actors], "a train step")[0]
 
     def lora_state_ref(self):
         return self.actors[0].lora_state.remote()
 
     def save_checkpoint(self, path: str) -> None:
-        ray.get([a.save_checkpoint.remote(path) for a in self.actors])
+        self._get([a.save_checkpoint.remote(path) for a in self.actors], "saving a checkpoint")
 
     def load_checkpoint(self, path: str) -> int:
-        return ray.get([a.load_checkpoint.remote(path) for a in self.actors])[0]
+        return self._get([a.load_checkpoint.remote(path) for a in self.actors], "loading a checkpoint")[0]
 
     def save_lora(self, out_dir: str) -> str:
-        return ray.get(self.actors[0].save_lora.remote(out_dir))
+        return self._get(self.actors[0].save_lora.remote(out_dir), "saving the LoRA")
 
     def shutdown(self) -> None:
         for a in self.actors:

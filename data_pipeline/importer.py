@@ -9,7 +9,9 @@ also be one JSON array of objects (HPSv3's own files are). Other columns are ign
 
 Every row is checked before anything is written: the prompt, the columns, the image paths (which must stay
 inside --images-root after resolving `..` and symlinks; a path outside it is never opened) and the images
-themselves (each must decode with PIL). With `on_bad_row="error"` (the default) any bad row stops the import
+themselves (each must decode with PIL; chosen and rejected must have the same size, since a pair is compared
+as it is: nothing is stretched to fit; a non-square pair is letterboxed by the reader, spatialrl/reward/prompt.py).
+With `on_bad_row="error"` (the default) any bad row stops the import
 with a `BadRowsError` that names the rows and the problems; with `"skip"` bad rows are left out and counted by
 reason, so `rows_imported + rows_skipped == rows_in_file` always holds. Blank lines are not rows.
 
@@ -345,12 +347,12 @@ def read_image_file(root: Path, rel: str) -> bytes:
         raise _Bad("unreadable_file", f"image {rel!r} cannot be read ({exc.strerror})") from None
 
 
-def _decode_check(rel: str, data: bytes) -> str:
-    """The image's format, after a full decode to RGB (what dataset_io.decode_image does to read it)."""
+def _decode_check(rel: str, data: bytes) -> tuple[str, str]:
+    """The image's format and size ("WxH"), after a full decode to RGB (what dataset_io.decode_image does)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.convert("RGB")
-            return img.format
+            return img.format, f"{img.width}x{img.height}"
     except UnidentifiedImageError:
         raise _Bad("undecodable_image", f"image {rel!r} does not decode (not an image format PIL knows)") from None
     except Exception as exc:  # PIL raises many types on damaged data (OSError, SyntaxError, ValueError, ...)
@@ -360,16 +362,16 @@ def _decode_check(rel: str, data: bytes) -> str:
 def check_images_batch(batch: pa.Table, images_root: str) -> pa.Table:
     """Pass 1, one row per distinct image path: read it, decode it fully, keep its status and SHA-256."""
     root = Path(images_root)
-    out: dict[str, list] = {"path": [], "reason": [], "detail": [], "sha256": [], "format": []}
+    out: dict[str, list] = {"path": [], "reason": [], "detail": [], "sha256": [], "format": [], "size": []}
     for rel in batch.column("path").to_pylist():
-        reason = detail = sha = fmt = None
+        reason = detail = sha = fmt = size = None
         try:
             data = read_image_file(root, rel)
-            fmt = _decode_check(rel, data)
+            fmt, size = _decode_check(rel, data)
             sha = hashlib.sha256(data).hexdigest()
         except _Bad as bad:
             reason, detail = bad.reason, bad.detail
-        for k, v in zip(out, (rel, reason, detail, sha, fmt)):
+        for k, v in zip(out, (rel, reason, detail, sha, fmt, size)):
             out[k].append(v)
     return pa.table(out, schema=pa.schema([(k, pa.string()) for k in out]))
 
@@ -487,6 +489,13 @@ def import_pairs(
         if problems:
             side, s = problems[0]
             bad.append((r, _Bad(s["reason"], f"{side}: {s['detail']}")))
+            continue
+        sizes = (status[p["chosen_path"]]["size"], status[p["rejected_path"]]["size"])
+        if sizes[0] != sizes[1]:  # the reward model would compare a stretched image with an unstretched one
+            bad.append((r, _Bad("size_mismatch",
+                                f"chosen {p['chosen_path']!r} is {sizes[0]} px but rejected {p['rejected_path']!r} is "
+                                f"{sizes[1]}; a pair must be one size (crop or pad one of them; images are never "
+                                "stretched)")))
             continue
         p["chosen_sha256"] = status[p["chosen_path"]]["sha256"]
         p["rejected_sha256"] = status[p["rejected_path"]]["sha256"]

@@ -2,7 +2,9 @@
 
 Paper: ~80k pairs of (long prompt, perfect image, image violating 1 or 2-3 relations), prompts and perturbations
 written by an LLM, images by several T2I models, filtered by experts. Here the spatial world generates them
-with exact labels (see data_pipeline/world.py); `--import` converts external pairs into the same format.
+with exact labels (see data_pipeline/world.py); `--import` converts external pairs into the same format. The dataset is built in a hidden staging folder next to
+--out and renamed into place when complete: a failed or killed build leaves no half dataset, and `--overwrite`
+keeps the old one until the new one exists.
 
     python -m jobs.build_dataset --pairs 80000 --seed 0 --out runs/dataset            # the paper-sized default
     python -m jobs.build_dataset --config configs/dataset_easy.yaml --pairs 2000 --out runs/easy
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -101,15 +104,37 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
 
-    from cluster.runtime import ray_session
     from data_pipeline import dataset_io
 
     out = Path(cfg.out)
     try:
-        dataset_io.prepare_out_dir(out, cfg.overwrite)
+        stage = dataset_io.staging_out_dir(out, cfg.overwrite)  # --overwrite keeps `out` until the new one is done
     except dataset_io.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        rc = build_into(cfg, stage)
+        if rc:
+            return rc
+        dataset_io.publish_out_dir(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already when published
+    manifest = dataset_io.check_dataset(out)
+    preview = out / "preview.png"
+    total = sum(c["pairs"] for c in manifest["counts"].values())
+    print(f"wrote {total} pairs to {out} in {manifest['build_seconds']} s")
+    for split, c in manifest["counts"].items():
+        print(f"  {split:5s} {c['pairs']:7d} pairs  by perturbations: {c['by_perturbations']}")
+    if preview.exists():
+        print(f"  preview: {preview}")
+    return 0
+
+
+def build_into(cfg: BuildDatasetConfig, out: Path) -> int:
+    """Generate or import the whole dataset into the (staging) folder `out`; 0, or the exit code of an error."""
+    from cluster.runtime import ray_session
+    from data_pipeline import dataset_io
+
     t0 = time.time()
     with ray_session(cfg.address, cfg.num_cpus):
         if cfg.import_file:
@@ -129,14 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset_io.write_prompts_jsonl(out)
     info["build_seconds"] = round(time.time() - t0, 1)
     info["config"] = to_dict(cfg)
-    manifest = dataset_io.write_manifest(out, info)
-    preview = dataset_io.write_preview(out, cfg.preview_pairs)
-    total = sum(c["pairs"] for c in manifest["counts"].values())
-    print(f"wrote {total} pairs to {out} in {info['build_seconds']} s")
-    for split, c in manifest["counts"].items():
-        print(f"  {split:5s} {c['pairs']:7d} pairs  by perturbations: {c['by_perturbations']}")
-    if preview:
-        print(f"  preview: {preview}")
+    dataset_io.write_manifest(out, info)
+    dataset_io.write_preview(out, cfg.preview_pairs)
     return 0
 
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     try:
         rows = read_prompts(args.prompts, args.limit)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise SystemExit(f"jobs.sample: {e}") from None
     k = args.n_per_prompt
     cfg = FluxSamplerConfig(
         model=args.model, resolution=args.resolution or 128, num_steps=args.steps, noise_level=args.noise_level,

@@ -14,6 +14,12 @@ NCCL + bf16 on GPU). Each epoch ends with validation and a checkpoint through `r
 save DeepSpeed state); `FailureConfig` restarts a killed worker group from the last checkpoint, and
 `--resume` continues an interrupted run. Outputs in --out: `final/` (peft adapter + head, loadable with stock
 peft), `metrics.jsonl`, `training_curves.png`, `ray_results/` (Ray Train checkpoints).
+
+Before Ray starts the dataset is checked (data_pipeline/dataset_io.py check_dataset: manifest, Parquet footers,
+schemas, row counts). `--resume` needs an earlier run in --out and compares the config with its saved
+config.yaml: only RESUME_SAFE keys (more epochs, logging, where and how it runs) may change unless
+`--allow-change KEY` names the key. A worker group restarted from a checkpoint first drops the metrics rows
+logged after that checkpoint, so no row is written twice. `final/` is written beside and renamed into place.
 """
 
 from __future__ import annotations
@@ -29,12 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import spatialrl.atomic as atomic
 from spatialrl.reward.reader import ReaderConfig
-from spatialrl.config import ConfigError, add_config_args, dump_yaml, job_config
+from spatialrl.config import ConfigError, add_config_args, check_resume_config, dump_yaml, job_config
 from spatialrl.metrics import MetricsLogger
 from spatialrl.reward.model import RewardModelConfig
 
 RUN_NAME = "train_reward"
+# config keys a resume may change without altering what the run computes
+RESUME_SAFE = ("epochs", "resume", "allow_change", "overwrite", "address", "num_cpus", "max_failures", "log_every",
+               "reader.num_actors", "reader.cpus_per_actor", "reader.read_cpus", "reader.read_tasks")
 
 
 @dataclass
@@ -60,6 +70,7 @@ class TrainRewardConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False
+    allow_change: list[str] = field(default_factory=list)  # with resume: config keys the user accepts changing
     overwrite: bool = False
     address: str | None = None
     num_cpus: int | None = None  # local Ray only
@@ -173,6 +184,9 @@ def train_func(config: dict) -> None:
     metrics_path = Path(config["metrics_path"])
     # rank 0 logs through the one metrics path: metrics.jsonl and the dashboard's spatialrl_* gauges
     logger = MetricsLogger(metrics_path, run=metrics_path.parent.name) if rank == 0 else None
+    if logger is not None:
+        # a group restarted from a checkpoint (FailureConfig, --resume) redoes the steps after it: drop their rows
+        logger.truncate_after(global_step)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, cfg.epochs):
@@ -250,24 +264,15 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: TrainRewardConfig) -> dict:
-    """Train; returns the final metrics. Assumes Ray is initialised."""
+def run(cfg: TrainRewardConfig, out: Path | None = None) -> dict:
+    """Train; returns the final metrics. Assumes Ray is initialised; `out` = prepare_out(cfg), done already."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from data_pipeline.dataset_io import check_dataset
 
     manifest = check_dataset(Path(cfg.data))
-    out = Path(cfg.out).resolve()
-    storage = out / "ray_results"
-    if storage.exists() and not cfg.resume:
-        if not cfg.overwrite:
-            raise FileExistsError(f"{out} holds a previous run; pass --resume to continue it or --overwrite to start over")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    out = out or prepare_out(cfg)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_func,
@@ -287,13 +292,36 @@ def run(cfg: TrainRewardConfig) -> dict:
         raise result.error
     with result.checkpoint.as_directory() as d:
         final = out / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(Path(d) / "model", final)
+        atomic.remove_stale(out, "final")
+        staging = atomic.staging_dir(final)
+        shutil.copytree(Path(d) / "model", staging, dirs_exist_ok=True)
+        atomic.publish_dir(staging, final)  # the old final/ stays until the new one is whole
     plot_curves(out / "metrics.jsonl", out / "training_curves.png")
     metrics = dict(result.metrics)
-    (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    atomic.write_text(out / "final_metrics.json", json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def prepare_out(cfg: TrainRewardConfig) -> Path:
+    """--out for this run: refuses to clobber a run without --overwrite, and --resume without a run to resume
+    or with a config that changes what the run means (RESUME_SAFE); writes config.yaml atomically."""
+    out = Path(cfg.out).resolve()
+    storage = out / "ray_results"
+    if cfg.resume:
+        if not (storage / RUN_NAME).is_dir():
+            raise ConfigError(f"--resume: {out} holds no earlier run (no {storage / RUN_NAME}) to resume; start "
+                              "without --resume")
+        for change in check_resume_config(out / "config.yaml", cfg, safe=RESUME_SAFE, allow=cfg.allow_change):
+            print(f"resume: {change}", file=sys.stderr)
+    elif storage.exists():
+        if not cfg.overwrite:
+            raise FileExistsError(f"{out} holds a previous run; pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    atomic.write_text(out / "config.yaml", dump_yaml(cfg))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,22 +331,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--resume", action="store_true", default=None)
+    parser.add_argument("--allow-change", action="append", metavar="KEY",
+                        help="with --resume: accept a change of this config key (dotted; repeatable)")
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--address")
     parser.add_argument("--num-cpus", type=int)
     args = parser.parse_args(argv)
     cfg = job_config(TrainRewardConfig, args, {
         "data": args.data, "out": args.out, "workers": args.workers, "resume": args.resume,
+        "allow_change": args.allow_change,
         "overwrite": args.overwrite, "address": args.address, "num_cpus": args.num_cpus,
     })
     if isinstance(cfg, int):
         return cfg
     from cluster.runtime import ray_session
+    from data_pipeline.dataset_io import check_dataset
 
+    try:  # before Ray starts: a damaged dataset or a surprising --resume stops here
+        check_dataset(Path(cfg.data))
+        out = prepare_out(cfg)
+    except (FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
         with ray_session(cfg.address, cfg.num_cpus):
-            metrics = run(cfg)
+            metrics = run(cfg, out)
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -169,8 +169,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML file <- dotted overrides, type-checked, then `validate()` on every section."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                validate: bool = True) -> T:
+    """Defaults <- YAML file <- dotted overrides, type-checked, then `validate()` on every section (unless
+    `validate=False`: a caller that reads only part of a config validates that part itself)."""
     data = to_dict(cls()) if _all_defaults(cls) else {}
     if path is not None:
         p = Path(path)
@@ -187,7 +189,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     cfg = _from_dict(cls, data)
-    validate_tree(cfg)
+    if validate:
+        validate_tree(cfg)
     return cfg
 
 
@@ -256,3 +259,55 @@ def job_config(cls: type[T], args: argparse.Namespace, extra: dict[str, Any] | N
 
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and other values are leaves."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _matches(key: str, patterns) -> bool:
+    import fnmatch
+
+    return any(key == p or fnmatch.fnmatchcase(key, p) or key.startswith(p + ".") for p in patterns)
+
+
+def check_resume_config(saved_path: str | Path, cfg: Any, *, safe: tuple[str, ...] = (),
+                        allow: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Compare a resumed run's new config with the one it saved (`saved_path`, YAML). Keys matching `safe`
+    (dotted names or fnmatch patterns: "grpo.steps", "cluster.*") may change; so may keys the user names in
+    `allow` (the job's `--allow-change KEY`); any other change alters what the run means and raises
+    ConfigError listing every such key with its old and new value. Returns the accepted changes, as text.
+    Keys the saved config does not have (added to the code since) are not compared."""
+    saved_path = Path(saved_path)
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {saved_path} is missing, so the run's config cannot be compared; "
+                          "this folder holds no run started by this job (start without --resume)")
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume: {saved_path} is not readable YAML ({str(exc).splitlines()[0]}); restore it "
+                          "from a copy or start the run over with --overwrite") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {saved_path} does not hold a config mapping; restore it or use --overwrite")
+    old, new = flatten(saved), flatten(to_dict(cfg))
+    changed = [(k, old[k], new[k]) for k in new if k in old and old[k] != new[k]]
+    refused = [c for c in changed if not _matches(c[0], safe) and not _matches(c[0], allow)]
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in refused)
+        raise ConfigError(
+            f"--resume would change what the run in {saved_path.parent} means: {listed}. Resume with the saved "
+            f"values (see {saved_path}), start a new run (another --out, or --overwrite), or accept the change "
+            f"knowingly with --allow-change {' --allow-change '.join(k for k, _, _ in refused)}"
+        )
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in changed]

@@ -16,16 +16,37 @@ import numpy as np
 from PIL import Image
 
 
+PROMPT_FILE_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".tsv")
+
+
+def looks_like_path(arg: str) -> bool:
+    """A prompt is words; a path is one token with a file suffix or a folder separator."""
+    text = str(arg).strip()
+    return bool(text) and not any(c.isspace() for c in text) and (
+        Path(text).suffix.lower() in PROMPT_FILE_SUFFIXES or "/" in text or text.startswith("~"))
+
+
 def read_prompts(arg: str, limit: int | None = None) -> list[dict]:
     """A .jsonl file (objects with `prompt`, optional `objects`/`relations`), a text file (a prompt per line),
-    or the prompt itself."""
+    or the prompt itself. Something that looks like a path but is not a file is an error, not a prompt."""
     path = Path(arg)
+    if not path.is_file() and looks_like_path(arg):
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ValueError(f"prompts file {arg} {what}; give a .jsonl or text file of prompts (jobs.build_dataset "
+                         f"writes DIR/prompts_{{train,val,test}}.jsonl) or the prompt text itself, in quotes")
     if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        try:
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text; give a .jsonl or text file of prompts") from None
         if path.suffix == ".jsonl":
             rows = []
             for n, line in enumerate(lines, 1):
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n} is not valid JSON ({exc.msg}; a torn or edited line?): fix that "
+                                     "line or rewrite the file") from None
                 if not isinstance(row, dict) or not str(row.get("prompt") or "").strip():
                     raise ValueError(f"{path}:{n}: each line must be a JSON object with a non-empty 'prompt'")
                 rows.append(row)

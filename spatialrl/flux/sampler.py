@@ -507,7 +507,10 @@ class FluxSampler:
         """Load a diffusers-format LoRA folder (`FluxPipeline.load_lora_weights`), replacing any adapter."""
         if self._adapter is not None:
             self._unload()
-        self.pipe.load_lora_weights(str(path))
+        from spatialrl.models.loader import check_safe_weights, pickle_allowed
+
+        check_safe_weights(path)  # a LoRA saved as .bin would be unpickled
+        self.pipe.load_lora_weights(str(path), use_safetensors=None if pickle_allowed() else True)
         self._adapter = "loaded"
         if version is not None:
             self.policy_version = int(version)

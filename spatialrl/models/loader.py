@@ -10,6 +10,11 @@ folder in the standard Hugging Face (`kind="qwen"`) or diffusers (`kind="flux"`)
   `ModelNotFoundError` says which command to run, on a machine with internet access, and where to put
   the result.
 
+Weights load from safetensors only (`use_safetensors=True`, and `check_safe_weights` before every load): a
+pickled `.bin` / `.pt` file can run code when unpickled, so a folder whose weights exist only in that form is
+refused unless `SPATIALRL_ALLOW_PICKLED_WEIGHTS=1` is set (or `allow_pickle=True` passed), which names the risk:
+only for files from a source you trust as much as the code you run.
+
 Importing this module forces offline mode (HF_HUB_OFFLINE=1 and friends): cluster nodes have no network, and
 a silent multi-GB download in the middle of a Ray job is worse than a clear error at start-up.
 
@@ -63,6 +68,40 @@ class ModelNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.args[0] if self.args else ""
+
+
+class UnsafeWeightsError(ModelNotFoundError):
+    """A model folder whose weights exist only as pickle files (.bin / .pt / ...); the message names them."""
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+ALLOW_PICKLE_ENV = "SPATIALRL_ALLOW_PICKLED_WEIGHTS"
+
+
+def pickle_allowed(allow_pickle: bool | None = None) -> bool:
+    return os.environ.get(ALLOW_PICKLE_ENV, "") == "1" if allow_pickle is None else bool(allow_pickle)
+
+
+def check_safe_weights(folder: str | os.PathLike, *, allow_pickle: bool | None = None) -> Path:
+    """Refuse a model, adapter or pipeline folder where some (sub)folder holds pickled weights and no
+    safetensors file: loading it would unpickle them. Returns the folder."""
+    folder = Path(folder)
+    if pickle_allowed(allow_pickle) or not folder.is_dir():
+        return folder
+    unsafe = []
+    for d in [folder, *(p for p in folder.iterdir() if p.is_dir())]:
+        pickled = sorted(p.name for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+        if pickled and not any(p.suffix == ".safetensors" for p in d.iterdir()):
+            unsafe += [str(d / n) for n in pickled]
+    if unsafe:
+        raise UnsafeWeightsError(
+            f"{folder} holds weights only as pickle files ({', '.join(unsafe[:4])}"
+            f"{' ...' if len(unsafe) > 4 else ''}); unpickling a file can run arbitrary code, so SpatialRL loads "
+            f"safetensors only. Convert them (e.g. load once where you trust the file and save_pretrained with "
+            f"safe_serialization=True), or, if you trust the file as much as this code, set "
+            f"{ALLOW_PICKLE_ENV}=1 to load it anyway."
+        )
+    return folder
 
 
 # ------------------------------------------------------------------------------------------------- presets
@@ -342,7 +381,8 @@ def load_vl_model(
     """
     if model_cls is None:
         from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
-    path = resolve_model_path(name_or_path, "qwen")
+    path = check_safe_weights(resolve_model_path(name_or_path, "qwen"))
+    kwargs.setdefault("use_safetensors", None if pickle_allowed() else True)
     return model_cls.from_pretrained(path, dtype=dtype, **kwargs)
 
 
@@ -350,5 +390,6 @@ def load_flux_pipeline(name_or_path: str | os.PathLike, *, dtype: torch.dtype = 
     """`FluxPipeline.from_pretrained(folder, dtype=dtype, **kwargs)` for a folder, preset or hub id."""
     from diffusers import FluxPipeline
 
-    path = resolve_model_path(name_or_path, "flux")
+    path = check_safe_weights(resolve_model_path(name_or_path, "flux"))
+    kwargs.setdefault("use_safetensors", None if pickle_allowed() else True)
     return FluxPipeline.from_pretrained(path, dtype=dtype, **kwargs)

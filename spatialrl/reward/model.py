@@ -280,7 +280,7 @@ class SpatialRewardModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import Qwen2_5_VLModel
 
-        from spatialrl.models.loader import load_vl_model
+        from spatialrl.models.loader import check_safe_weights, load_vl_model
 
         ckpt = Path(ckpt_dir)
         meta = read_checkpoint_meta(ckpt)
@@ -301,6 +301,7 @@ class SpatialRewardModel(nn.Module):
             if not (ckpt / "adapter_config.json").is_file():
                 raise CheckpointError(f"{ckpt} has no adapter_config.json: not a LoRA reward-model checkpoint")
             base = load_vl_model(cfg.backbone, dtype=torch_dtype, model_cls=Qwen2_5_VLModel)
+            check_safe_weights(ckpt)  # adapter_model.bin would be unpickled
             with _quiet_peft():
                 net = PeftModel.from_pretrained(base, ckpt, is_trainable=trainable)
         model = cls(cfg, backbone=net)

@@ -16,6 +16,20 @@ PIXEL_KEYS = ("pixel_values",)  # processor outputs indexed by image patch, not 
 
 
 
+def square_image(img, image_size: int):
+    """An RGB PIL image as the model's image_size^2 square: a square image is resized (bilinear); a non-square
+    one is letterboxed first (centred on a black square of its longer side), never stretched, so the spatial
+    relations it shows keep their geometry."""
+    from PIL import Image
+
+    if img.width != img.height:
+        side = max(img.width, img.height)
+        canvas = Image.new("RGB", (side, side), (0, 0, 0))
+        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = canvas
+    return img if img.size == (image_size, image_size) else img.resize((image_size, image_size), Image.BILINEAR)
+
+
 def reward_text(processor, prompt: str) -> str:
     """The chat-formatted reward query for one prompt (one image slot, generation prompt appended)."""
     messages = [{"role": "user", "content": [
@@ -42,8 +56,7 @@ def encode_pairs(processor, image_size: int, prompts: list[str], chosen: list, r
     """
     n = len(prompts)
     texts = [reward_text(processor, p) for p in prompts]
-    images = [img if img.size == (image_size, image_size) else img.resize((image_size, image_size), 2)
-              for img in chosen + rejected]  # 2 = bilinear
+    images = [square_image(img, image_size) for img in chosen + rejected]
     enc = processor(text=texts + texts, images=images, padding="max_length", max_length=max_length,
                     truncation=False, return_tensors="np")
     seq_len = enc["attention_mask"].shape[1]

@@ -7,7 +7,7 @@ The eval job, the Ray Serve deployment and the GRPO reward workers all wrap this
     baseline = SpatialScorer.untrained("tiny")  # fresh LoRA + head: the "no training" row of the eval table
 
 Images are PIL images or uint8 HWC RGB arrays. They are prepared by `encode_items`, which is the training
-reader's recipe (`spatialrl.reward.reader`): RGB, bilinear resize to the checkpoint's square image size, the
+reader's recipe (`spatialrl.reward.reader`): RGB, bilinear resize to the checkpoint's square image size (a non-square image letterboxed), the
 same chat-formatted instruction (`reward_text`), the same processor with the pixel count fixed, left padding.
 So a pair scored here gets the same mu as in the training batch (tests/test_reward_model.py checks 1e-5).
 Scoring runs under torch.inference_mode in chunks of `batch_size`; with left padding a row's score does not
@@ -27,7 +27,10 @@ from spatialrl.reward.model import RewardModelConfig, SpatialRewardModel, config
 
 
 def as_rgb_image(image, image_size: int) -> Image.Image:
-    """A PIL image or uint8 HWC array as an RGB PIL image of image_size^2 (bilinear, as the reader resizes)."""
+    """A PIL image or uint8 HWC array as an RGB PIL image of image_size^2, as the reader prepares it
+    (`square_image`: bilinear resize, a non-square image letterboxed, never stretched)."""
+    from spatialrl.reward.prompt import square_image
+
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(
@@ -39,8 +42,7 @@ def as_rgb_image(image, image_size: int) -> Image.Image:
         raise TypeError(f"expected a PIL image or a uint8 HWC numpy array, got {type(image).__name__}")
     if image.mode != "RGB":
         image = image.convert("RGB")  # the reader decodes with .convert("RGB") too
-    size = (image_size, image_size)
-    return image if image.size == size else image.resize(size, Image.BILINEAR)
+    return square_image(image, image_size)
 
 
 def encode_items(processor, image_size: int, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
