@@ -4,7 +4,11 @@
 Runs as Ray Data batch inference: a pool of actors, each holding a `SpatialScorer` per model, scores the
 chosen and the rejected image of every pair. Baselines (same backbone, same data, same run):
   - "untrained head": the checkpoint's backbone + LoRA with a freshly initialised head (chance level),
-  - "fresh LoRA + head": the backbone with a new LoRA (B = 0) and a new head, i.e. no reward training.
+  - "fresh LoRA + head": the backbone with a new LoRA (B = 0) and a new head, i.e. no reward training,
+  - "VLM judge": a Qwen2.5-VL asked zero-shot whether the image matches the prompt, P(yes) from its logits
+    (`spatialrl.reward.judges.VLMJudge`; the paper's Table 1 rows for Qwen2.5-VL-7B/32B/72B). `--vlm-judge` names
+    the model (default: the checkpoint's own backbone; `Qwen/Qwen2.5-VL-7B-Instruct` for the paper's row; `none`
+    to skip it). A pair is won when the chosen image gets the higher P(yes).
 
     python -m jobs.eval_reward --checkpoint runs/reward/final --data runs/dataset [--split test] [--json OUT]
 
@@ -23,11 +27,12 @@ import numpy as np
 
 from data_pipeline.dataset_io import DatasetError, check_dataset, decode_image, split_dir
 
-MODELS = ("spatialscore", "untrained_head", "fresh_lora_head")
+MODELS = ("spatialscore", "untrained_head", "fresh_lora_head", "vlm_judge")
 LABELS = {
     "spatialscore": "SpatialScore (this checkpoint)",
     "untrained_head": "baseline: checkpoint LoRA + untrained head",
     "fresh_lora_head": "baseline: backbone + fresh LoRA + head",
+    "vlm_judge": "baseline: VLM judge, zero-shot P(yes)",
 }
 PAPER_ROWS = [  # reported in the paper (its own benchmark and models), for orientation only
     ("GPT-5 (paper)", 89.0, None, None),
@@ -39,7 +44,7 @@ PAPER_ROWS = [  # reported in the paper (its own benchmark and models), for orie
 class PairScorer:
     """Ray Data actor: scores chosen and rejected images of a batch of pairs with every model."""
 
-    def __init__(self, checkpoint: str, batch_size: int, seed: int):
+    def __init__(self, checkpoint: str, batch_size: int, seed: int, vlm_judge: str | None = None):
         import torch
 
         from spatialrl.reward.scorer import SpatialScorer
@@ -54,6 +59,12 @@ class PairScorer:
                     module.reset_parameters()
         self.scorers["untrained_head"] = head_only
         self.scorers["fresh_lora_head"] = SpatialScorer.untrained(cfg=cfg, seed=seed, batch_size=batch_size)
+        if vlm_judge:
+            from spatialrl.reward.judges import VLMJudge
+
+            self.vlm = VLMJudge(vlm_judge, batch_size=batch_size)
+        else:
+            self.vlm = None
 
     def __call__(self, batch: dict) -> dict:
         prompts = list(batch["prompt"])
@@ -64,6 +75,12 @@ class PairScorer:
         for name, scorer in self.scorers.items():
             out[f"{name}_chosen"] = scorer.score(prompts, chosen)
             out[f"{name}_rejected"] = scorer.score(prompts, rejected)
+        if self.vlm is not None:
+            from data_pipeline.benchmarks import prompt_question
+
+            questions = [prompt_question(p).text for p in prompts]
+            out["vlm_judge_chosen"] = self.vlm.p_yes(questions, chosen)
+            out["vlm_judge_rejected"] = self.vlm.p_yes(questions, rejected)
         return out
 
 
@@ -91,8 +108,11 @@ def markdown_table(report: dict) -> str:
              "| model | overall | 1-pert | 2-3-pert | mean score chosen | mean score rejected |",
              "|---|---|---|---|---|---|"]
     for name in MODELS:
-        m = report if name == "spatialscore" else report["baselines"][name]
-        lines.append(f"| {LABELS[name]} | {pct(m['accuracy'])} | {pct(m['accuracy_1pert'])} | "
+        m = report if name == "spatialscore" else report["baselines"].get(name)
+        if m is None:
+            continue
+        label = LABELS[name] + (f" ({report['vlm_judge']})" if name == "vlm_judge" else "")
+        lines.append(f"| {label} | {pct(m['accuracy'])} | {pct(m['accuracy_1pert'])} | "
                      f"{pct(m['accuracy_2to3pert'])} | {m['mean_score_chosen']:.3f} | {m['mean_score_rejected']:.3f} |")
     lines += ["", "Reported in the paper on its own benchmark (not measured here):", "",
               "| model | overall | 1-pert | 2-3-pert |", "|---|---|---|---|"]
@@ -113,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-pairs", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vlm-judge", default="backbone",
+                        help="Qwen2.5-VL for the zero-shot VLM-judge baseline: backbone (the checkpoint's), a preset, "
+                             "hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder; none to skip")
     parser.add_argument("--address")
     parser.add_argument("--num-cpus", type=int)
     args = parser.parse_args(argv)
@@ -120,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         check_dataset(Path(args.data))
         from spatialrl.reward.model import read_checkpoint_meta
 
-        read_checkpoint_meta(Path(args.checkpoint))
-    except (DatasetError, ValueError) as exc:
+        from spatialrl.models.loader import resolve_model_path
+        from spatialrl.reward.model import config_from_meta
+
+        meta = read_checkpoint_meta(Path(args.checkpoint))
+        vlm_judge = None if args.vlm_judge == "none" else (
+            config_from_meta(meta, Path(args.checkpoint)).backbone if args.vlm_judge == "backbone" else args.vlm_judge)
+        if vlm_judge:
+            resolve_model_path(vlm_judge, "qwen")  # not on disk: the message says how to download it
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not split_dir(Path(args.data), args.split).is_dir():
@@ -139,14 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             ds = ds.limit(args.max_pairs)
         scored = ds.map_batches(
             PairScorer, fn_constructor_kwargs={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                               "batch_size": args.batch_size, "seed": args.seed},
+                                               "batch_size": args.batch_size, "seed": args.seed,
+                                               "vlm_judge": vlm_judge},
             batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.num_actors),
             num_cpus=args.cpus_per_actor,
         ).to_pandas()
     rows = {c: scored[c].to_numpy() for c in scored.columns}
     report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-              **metrics(rows, "spatialscore"),
-              "baselines": {name: metrics(rows, name) for name in MODELS[1:]}}
+              "vlm_judge": vlm_judge, **metrics(rows, "spatialscore"),
+              "baselines": {name: metrics(rows, name) for name in MODELS[1:] if f"{name}_chosen" in rows}}
     table = markdown_table(report)
     print(table)
     if args.json:

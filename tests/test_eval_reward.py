@@ -35,4 +35,10 @@ def test_eval_job_end_to_end(ray_local, tmp_path):
         assert 0.0 <= m["accuracy"] <= 1.0
     table = out.with_suffix(".md").read_text()
     assert "| SpatialScore (this checkpoint) |" in table and "95.8" in table
+    # the zero-shot VLM judge (here the checkpoint's own tiny backbone) is a baseline column of the same table
+    assert report["vlm_judge"] == "tiny" and 0.0 <= report["baselines"]["vlm_judge"]["accuracy"] <= 1.0
+    assert "| baseline: VLM judge, zero-shot P(yes) (tiny) |" in table
+    assert 0.0 < report["baselines"]["vlm_judge"]["mean_score_chosen"] < 1.0  # a probability
     assert evaluate(["--checkpoint", str(tmp_path), "--data", str(data)]) == 2  # not a checkpoint: clear error
+    missing = tmp_path / "no-such-qwen"
+    assert evaluate(["--checkpoint", str(ckpt), "--data", str(data), "--vlm-judge", str(missing)]) == 2
