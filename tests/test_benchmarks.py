@@ -434,3 +434,31 @@ def test_write_report_files(tmp_path):
     assert "| all | verifier/relation_accuracy | 0.505 ± 0.004 | 1.005 ± 0.004 | 0.500 ± 0.000 |" in md
     assert (tmp_path / "report_files" / "scatter.png").is_file() and "seed: 0" in md
     json.loads((tmp_path / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ the job's checks
+
+
+def test_evaluate_job_stops_on_user_mistakes_with_a_message(tmp_path, capsys):
+    from jobs.evaluate import main
+
+    bad = tmp_path / "evaluation_metadata.jsonl"
+    bad.write_text('{"tag": "x", "prompt": "p"}\n')
+    assert main(["--benchmark", "geneval", "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation_metadata.jsonl:1: 'include' is missing" in err and "Traceback" not in err
+    good = write_jsonl(tmp_path / "g.jsonl", GENEVAL_ROWS)
+    assert main(["--benchmark", "dpg", "--prompts", str(good), "--images-per-prompt", "2",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "2x2 grid of 4 images" in capsys.readouterr().err
+    assert main(["--benchmark", "geneval", "--prompts", str(good), "--model", str(tmp_path / "no-flux"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--benchmark", "geneval", "--prompts", str(good), "--judge", "spatialscore",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "needs a checkpoint" in capsys.readouterr().err
+    assert main(["--benchmark", "geneval", "--prompts", str(good), "--subset", "nope", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "they have: ['color_attr', 'counting', 'position', 'single_object']" in capsys.readouterr().err
+    assert main(["--benchmark", "tiif", "--prompts", str(good), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert "benchmark: tiif" in capsys.readouterr().out and not (tmp_path / "o").exists()
