@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu chaos-test cluster-test demo demo-control demo-from-scratch bench-data clean
+.PHONY: setup test test-all test-slow test-gpu chaos-test cluster-test plan-check demo demo-control demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -31,6 +31,10 @@ chaos-test: setup
 ## two real Ray nodes on this machine: token auth, jobs submitted, the sampler on the second node, metrics scraped
 cluster-test: setup
 	$(PYTEST) tests/test_cluster.py -m slow -q
+
+## the capacity planner's simulation against the real GRPO loop on this machine (and the planner's unit tests)
+plan-check: setup
+	$(PYTEST) tests/test_plan.py -q -s
 
 ## the main job on its embedded default, into runs/demo/
 demo: setup
