@@ -273,6 +273,7 @@ def run(cfg: TrainRewardConfig, out: Path | None = None) -> dict:
 
     manifest = check_dataset(Path(cfg.data))
     out = out or prepare_out(cfg)
+    storage = out / "ray_results"
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_func,
