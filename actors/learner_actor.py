@@ -19,7 +19,8 @@ import ray
 
 from cluster.resources import RoleResources, actor_options
 from spatialrl.flux.sampler import FluxSamplerConfig
-from spatialrl.grpo.learner import GRPOLearner, GRPOLearnerConfig, TrainSelection
+from spatialrl.grpo.learner import (GRPOLearner, GRPOLearnerConfig, TrainSelection, needed_trajectories,
+                                    trajectory_bytes)
 
 
 class JobStopped(RuntimeError):
@@ -51,8 +52,16 @@ class LearnerRank:
                                    master_port=port)
         return sum(p.numel() for _, p in self.learner._lora_params())
 
-    def train_step(self, selections: list[TrainSelection], *trajectories) -> dict[str, float]:
-        return self.learner.train_step(list(trajectories), selections)
+    def train_step(self, selections: list[TrainSelection], batch_sizes: list[int], traj_refs: list) -> dict:
+        """Fetch only the trajectories this rank trains on (refs inside a list are not resolved by Ray), train."""
+        L = self.learner
+        need = needed_trajectories(batch_sizes, selections, L.rank, L.world_size)
+        trajectories = [None] * len(traj_refs)
+        for t, traj in zip(need, ray.get([traj_refs[t] for t in need])):
+            trajectories[t] = traj
+        out = L.train_step(trajectories, selections, batch_sizes)
+        out["fetched"] = {t: trajectory_bytes(trajectories[t]) for t in need}
+        return out
 
     def lora_state(self) -> dict:
         return self.learner.lora_state()
@@ -74,6 +83,7 @@ class LearnerGroup:
     def __init__(self, sampler_cfg: FluxSamplerConfig, cfg: GRPOLearnerConfig, res: RoleResources, pg,
                  timeout_s: float = 600.0):
         self.timeout_s = timeout_s
+        self.batch_size = sampler_cfg.batch_size
         self.actors = [
             LearnerRank.options(name=learner_actor_name(i), max_restarts=0, **actor_options(pg, i, res)).remote()
             for i in range(res.count)
@@ -98,8 +108,18 @@ class LearnerGroup:
                 f"a learner rank died during {what} ({type(exc).__name__}); a DeepSpeed group does not survive a "
                 "lost rank, so the run stops here. Continue it with --resume from the last checkpoint") from None
 
-    def train_step(self, traj_refs: list, selections: list[TrainSelection]) -> dict[str, float]:
-        return self._get([a.train_step.remote(selections, *traj_refs) for a in self.actors], "a train step")[0]
+    def train_step(self, traj_refs: list, selections: list[TrainSelection],
+                   batch_sizes: list[int] | None = None) -> dict[str, float]:
+        """One step on every rank; each rank fetches only its share of the trajectories. Adds learner/fetched_bytes
+        (moved to all ranks) and learner/step_bytes (the step's trajectories once; what each rank pulled when every
+        rank fetched every trajectory)."""
+        batch_sizes = list(batch_sizes or [self.batch_size] * len(traj_refs))  # the samplers' (same config)
+        outs = self._get([a.train_step.remote(selections, batch_sizes, list(traj_refs)) for a in self.actors],
+                         "a train step")
+        fetched = [o.pop("fetched") for o in outs]
+        sizes = {t: b for f in fetched for t, b in f.items()}
+        return {**outs[0], "learner/fetched_bytes": float(sum(sum(f.values()) for f in fetched)),
+                "learner/step_bytes": float(sum(sizes.values()))}
 
     def lora_state_ref(self):
         return self.actors[0].lora_state.remote()

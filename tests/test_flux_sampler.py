@@ -216,7 +216,7 @@ def test_sde_window_is_sde_then_exactly_the_ode():
     img_ids = latent_image_ids(h // 2, w // 2, device=full.device, dtype=emb.dtype)
     x = b.latents[:, 2]
     for i in (2, 3):
-        v = full._velocity(x, b.timesteps[i], emb[[0, 0, 0]], pool[[0, 0, 0]], text_ids, img_ids)
+        v = full.velocity(x, b.timesteps[i], emb[[0, 0, 0]], pool[[0, 0, 0]], text_ids, img_ids)
         x = ode_step(x, v, b.sigmas[i], b.sigmas[i + 1])
     assert torch.equal(x, b.latents[:, -1])
     new = windowed.recompute_log_probs(b)  # every SDE step, and only those

@@ -131,6 +131,9 @@ def test_learner_on_policy_ratio_is_one_and_two_ranks_stay_identical(ray_local, 
         assert stats["policy/clip_fraction"] == 0.0
         assert stats["learner/micro_batches"] == len(rows) * G / SCFG.batch_size
         assert stats["learner/updates"] == 1.0
+        # each rank fetched only the group it trains (contiguous micro-batches): every trajectory moved once,
+        # not once per rank
+        assert stats["learner/step_bytes"] > 0 and stats["learner/fetched_bytes"] == stats["learner/step_bytes"]
         rank0, rank1 = ray_local.get([a.lora_state.remote() for a in group.actors])
         assert lora_diff(rank0, state0) > 0, "one step left the LoRA unchanged"
         assert lora_diff(rank0, rank1) == 0.0, "the two ranks' LoRA weights diverged"

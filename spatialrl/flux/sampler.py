@@ -253,7 +253,7 @@ class FluxSampler:
             self._negative = (key, e, p)
         return self._negative[1], self._negative[2]
 
-    def _velocity(self, x, timestep, embeds, pooled, text_ids, img_ids) -> torch.Tensor:
+    def velocity(self, x, timestep, embeds, pooled, text_ids, img_ids) -> torch.Tensor:
         """The transformer's velocity for latents x `[B, S, 64]` (float32) at one step: as FluxPipeline calls it,
         with its true classifier-free guidance when `cfg.true_cfg_scale` > 1 (a second forward, negative prompt)."""
         hidden = x.to(self.dtype)
@@ -356,7 +356,7 @@ class FluxSampler:
             emb, pool = embeds[rows], pooled[rows]
             x = x0[idx].to(self.device)  # [B, S, 64] float32
             for i in range(steps):
-                v = self._velocity(x, timesteps[i], emb, pool, text_ids, img_ids)
+                v = self.velocity(x, timesteps[i], emb, pool, text_ids, img_ids)
                 if i < window:
                     eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=gen) for gen in generators[idx]])
                     x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps)
@@ -428,7 +428,7 @@ class FluxSampler:
             emb, pool = embeds[rows], pooled[rows]
             for k, j in enumerate(steps):
                 x = tr.latents[idx, j].to(self.device)
-                v = self._velocity(x, timesteps[j], emb, pool, text_ids, img_ids)
+                v = self.velocity(x, timesteps[j], emb, pool, text_ids, img_ids)
                 _, lp, _, _ = sde_step(
                     x, v, sigmas[j], sigmas[j + 1], tr.noise_level, prev_sample=tr.latents[idx, j + 1].to(self.device)
                 )

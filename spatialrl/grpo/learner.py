@@ -1,7 +1,7 @@
 """GRPOLearner: one rank of the GRPO learner, a DeepSpeed engine over the Flux transformer's LoRA.
 
 A plain class; `actors/learner_actor.py` makes N of them one torch process group. Each rank
-holds the same FluxSampler code path the samplers use (same `_velocity`, same `sde_step`, same micro-batch
+holds the same FluxSampler code path the samplers use (same `velocity`, same `sde_step`, same micro-batch
 size as the sampling batch), so on-policy the recomputed log-probs equal the stored ones bit for bit and the
 importance ratio is exactly 1 (docs/architecture.md section 3).
 
@@ -200,26 +200,29 @@ class GRPOLearner:
 
     # -------------------------------------------------------------------------------------------- training
 
-    def _micro_batches(self, trajectories: list[Trajectory], selections: list[TrainSelection]):
-        """This rank's micro-batches: (trajectory index, image indices, advantages), sampling batch size each."""
-        batches = []
-        for t, (traj, sel) in enumerate(zip(trajectories, selections)):
-            order = np.argsort(sel.indices, kind="stable")
-            idx, adv = np.asarray(sel.indices)[order], np.asarray(sel.advantages, dtype=np.float32)[order]
-            for start in range(0, len(idx), traj.batch_size):
-                batches.append((t, idx[start:start + traj.batch_size], adv[start:start + traj.batch_size]))
-        return batches[self.rank::self.world_size], len(batches)
+    def _micro_batches(self, batch_sizes: list[int], selections: list[TrainSelection]):
+        return micro_batches(batch_sizes, selections, self.rank, self.world_size)
 
-    def train_step(self, trajectories: list[Trajectory], selections: list[TrainSelection]) -> dict[str, float]:
-        """One GRPO update on the selected samples; returns metrics reduced over all ranks."""
+    def train_step(self, trajectories: list[Trajectory | None], selections: list[TrainSelection],
+                   batch_sizes: list[int] | None = None) -> dict[str, float]:
+        """One GRPO update on the selected samples; returns metrics reduced over all ranks.
+
+        `trajectories` may hold None for those this rank trains nothing of (`needed_trajectories`), when
+        `batch_sizes` (each trajectory's sampling batch size) is given: a rank then fetches only its share."""
         import torch.distributed as dist
 
         if len(trajectories) != len(selections):
             raise ValueError(f"{len(trajectories)} trajectories but {len(selections)} selections")
-        for traj in trajectories:
+        if batch_sizes is None:
+            batch_sizes = [traj.batch_size for traj in trajectories]
+        for traj, bs in zip(trajectories, batch_sizes):
+            if traj is None:
+                continue
             if traj.noise_level <= 0:
                 raise ValueError("GRPO needs SDE trajectories (noise_level > 0); got an ODE trajectory")
-        mine, n_batches = self._micro_batches(trajectories, selections)
+            if traj.batch_size != bs:
+                raise ValueError(f"a trajectory sampled in batches of {traj.batch_size}, told {bs}")
+        mine, n_batches = self._micro_batches(batch_sizes, selections)
         n_samples = sum(len(s.indices) for s in selections)
         sums = torch.zeros(5, dtype=torch.float64)  # loss, ratio, clipped, kl (sums over samples), count
         ratio_max = torch.zeros(1, dtype=torch.float64)
@@ -231,6 +234,8 @@ class GRPOLearner:
             for i in chunk:
                 t, idx, adv = mine[i]
                 traj = trajectories[t]
+                if traj is None:
+                    raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
                 if t not in cache:
                     cache[t] = self._conditioning(traj)
                 # the first timestep_fraction of the steps, within the trajectory's SDE window
@@ -285,7 +290,7 @@ class GRPOLearner:
         x_next = traj.latents[idx, j + 1].to(dev)
         sigma, sigma_next = traj.sigmas[j].to(dev), traj.sigmas[j + 1].to(dev)
         t = traj.timesteps[j].to(dev)
-        v = self.policy._velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
+        v = self.policy.velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
         _, logp, mean, _ = sde_step(x, v, sigma, sigma_next, traj.noise_level, prev_sample=x_next)  # [B]
         advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
         logp_old = traj.log_probs[idx, j].to(dev)
@@ -295,7 +300,7 @@ class GRPOLearner:
             with torch.no_grad():
                 self.transformer.disable_adapters()
                 try:
-                    v_ref = self.policy._velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
+                    v_ref = self.policy.velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
                 finally:
                     self.transformer.enable_adapters()
                 _, _, mean_ref, _ = sde_step(x, v_ref, sigma, sigma_next, traj.noise_level, prev_sample=x_next)
@@ -324,3 +329,36 @@ def _free_port() -> int:
 
 def lora_num_params(state: dict[str, torch.Tensor]) -> int:
     return int(sum(math.prod(v.shape) for v in state.values()))
+
+
+def micro_batches(batch_sizes: list[int], selections: list[TrainSelection], rank: int, world_size: int):
+    """Rank `rank`'s micro-batches of a step: (trajectory index, image indices, advantages), each at most the
+    trajectory's sampling batch size (the learner recomputes in the sampler's batches, so the ratio is exactly 1
+    on-policy), and the step's number of micro-batches. Ranks get contiguous runs of micro-batches, so a rank needs
+    about 1 / world_size of the step's trajectories (`needed_trajectories`) instead of all of them."""
+    batches = []
+    for t, (bs, sel) in enumerate(zip(batch_sizes, selections)):
+        order = np.argsort(sel.indices, kind="stable")
+        idx, adv = np.asarray(sel.indices)[order], np.asarray(sel.advantages, dtype=np.float32)[order]
+        for start in range(0, len(idx), bs):
+            batches.append((t, idx[start:start + bs], adv[start:start + bs]))
+    share = np.array_split(np.arange(len(batches)), world_size)[rank]
+    return [batches[i] for i in share], len(batches)
+
+
+def needed_trajectories(batch_sizes: list[int], selections: list[TrainSelection], rank: int, world_size: int) -> list[int]:
+    """Indices of the trajectories rank `rank` trains on this step."""
+    mine, _ = micro_batches(batch_sizes, selections, rank, world_size)
+    return sorted({t for t, _, _ in mine})
+
+
+def trajectory_bytes(traj: Trajectory) -> int:
+    """Bytes of a trajectory's arrays (what moving it between roles costs)."""
+    total = 0
+    for value in vars(traj).values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, np.ndarray):
+            total += value.nbytes
+    return total
+
