@@ -19,12 +19,14 @@ Each stage reuses its output when present; `--force` redoes them all. `--from-sc
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
 pretrained/ and uses those instead of the shipped assets.
 
-    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch] [--control]
+    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch] [--control] [--dry-run]
+    python -m jobs.demo --control --set grpo.steps=10 --set sampler.num_steps=6   # GRPO keys reach both GRPO runs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -32,10 +34,33 @@ import sys
 import time
 from pathlib import Path
 
-from spatialrl.config import REPO_ROOT
+from dataclasses import dataclass
+
+from spatialrl.config import REPO_ROOT, ConfigError, add_config_args, config_from_args, dump_yaml
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
 REWARD_DEMO = "configs/reward_demo.yaml"
+
+
+GRPO_SECTIONS = ("sampler", "learner", "reward", "grpo", "data", "cluster")  # jobs.grpo's config sections
+
+
+@dataclass
+class DemoConfig:
+    pairs: int = 2000  # easy-world preference pairs to build
+    control: bool = False  # also GRPO with the verifier as the reward into OUT/control
+    from_scratch: bool = False  # rerun the two pretraining jobs instead of using assets/tiny-pretrained/
+    backbone: str = str(ASSETS / "qwen2_5_vl")  # the reward model's Qwen2.5-VL folder
+    generator: str = str(ASSETS / "flux")  # the base Flux folder
+    reward_config: str = REWARD_DEMO
+    grpo_config: str = "configs/grpo_demo.yaml"
+
+    def validate(self) -> None:
+        if self.pairs < 20:
+            raise ConfigError(f"pairs={self.pairs}: the demo needs at least 20 pairs (train, val and test splits)")
+        for key in ("reward_config", "grpo_config"):
+            if not Path(getattr(self, key)).is_file():
+                raise ConfigError(f"{key}={getattr(self, key)!r} does not exist; presets live in configs/")
 
 
 def stage(title: str, done: Path, run) -> None:
@@ -53,21 +78,30 @@ def stage(title: str, done: Path, run) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
     parser.add_argument("--out", default="runs/demo", type=Path)
-    parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--force", action="store_true", help="redo every stage")
-    parser.add_argument("--from-scratch", action="store_true", help="also rerun the two pretraining jobs")
-    parser.add_argument("--control", action="store_true",
+    parser.add_argument("--pairs", type=int)
+    parser.add_argument("--from-scratch", action="store_true", default=None, help="also rerun the two pretraining jobs")
+    parser.add_argument("--control", action="store_true", default=None,
                         help="also run GRPO with the verifier as the reward into OUT/control (the RL control)")
-    parser.add_argument("--backbone", type=Path, default=ASSETS / "qwen2_5_vl",
-                        help="the reward model's Qwen2.5-VL folder (default: the shipped tiny-pretrained one)")
-    parser.add_argument("--generator", type=Path, default=ASSETS / "flux",
-                        help="the base Flux folder (default: the shipped toy generator)")
-    parser.add_argument("--reward-config", default=REWARD_DEMO)
-    parser.add_argument("--grpo-config", default="configs/grpo_demo.yaml")
-    parser.add_argument("--set", dest="grpo_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra jobs.grpo overrides, e.g. --set grpo.steps=10")
+    parser.add_argument("--backbone", help="the reward model's Qwen2.5-VL folder (default: the shipped tiny-pretrained one)")
+    parser.add_argument("--generator", help="the base Flux folder (default: the shipped toy generator)")
+    parser.add_argument("--reward-config")
+    parser.add_argument("--grpo-config")
     args = parser.parse_args(argv)
+    # --set KEY=VALUE: a DemoConfig key, or a key of the GRPO runs' config (grpo.steps=10, sampler.num_steps=6, ...)
+    grpo_overrides = [o for o in args.overrides if o.split(".", 1)[0] in GRPO_SECTIONS]
+    args.overrides = [o for o in args.overrides if o not in grpo_overrides]
+    try:
+        cfg = config_from_args(DemoConfig, args, {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_yaml(cfg) + "".join(f"GRPO override: {o}\n" for o in grpo_overrides), end="")
+        return 0
+    cfg.backbone, cfg.generator = Path(cfg.backbone), Path(cfg.generator)
 
     from cluster.runtime import ray_session
     from jobs import build_dataset, eval_reward, grpo, train_reward, verify_dataset
@@ -78,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     dataset, reward, generator, run = out / "dataset", out / "reward", out / "generator", out / "grpo"
-    backbone, flux = args.backbone, args.generator
+    backbone, flux = cfg.backbone, cfg.generator
     with ray_session():
-        if args.from_scratch:
+        if cfg.from_scratch:
             from jobs import pretrain_backbone, pretrain_generator
 
             backbone, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
@@ -90,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
         shipped = {"qwen": ASSETS / "qwen2_5_vl", "flux": ASSETS / "flux"}
         random_models = []
-        if not args.from_scratch:
+        if not cfg.from_scratch:
             # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
             # fixture so every stage still runs, and say plainly that the numbers then carry no signal.
             from spatialrl.models.loader import resolve_model_path
@@ -98,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             if backbone == shipped["qwen"] and not backbone.is_dir():
                 backbone = Path(resolve_model_path("tiny", "qwen"))
                 random_models.append("qwen2_5_vl")
-                if args.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own
-                    args.reward_config = "configs/reward_tiny.yaml"
+                if cfg.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own
+                    cfg.reward_config = "configs/reward_tiny.yaml"
             if flux == shipped["flux"] and not flux.is_dir():
                 flux = Path(resolve_model_path("tiny", "flux"))
                 random_models.append("flux")
@@ -112,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WARNING: assets/tiny-pretrained/ lacks {random_models}: running the chain on RANDOM tiny fixtures "
                   f"for them; the before/after numbers carry no signal (rebuild with make demo-from-scratch)",
                   flush=True)
-        used = {"backbone": str(backbone), "flux": str(flux), "reward_config": args.reward_config}
+        used = {"backbone": str(backbone), "flux": str(flux), "reward_config": cfg.reward_config}
         before = json.loads((out / "models.json").read_text()) if (out / "models.json").is_file() else used
         if before != used:  # stages built from other models must not be reused with these
             print(f"== models changed since the last run in {out} ({before} -> {used}): redoing stages 2-4", flush=True)
@@ -123,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_dir():
                 raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
                                  f"them with git checkout, or run make demo-from-scratch to rebuild them)")
-        stage(f"1/4 building {args.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
-            ["--config", "configs/dataset_easy.yaml", "--pairs", str(args.pairs), "--out", str(dataset),
+        stage(f"1/4 building {cfg.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
+            ["--config", "configs/dataset_easy.yaml", "--pairs", str(cfg.pairs), "--out", str(dataset),
              "--overwrite"]))
         stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
             ["--data", str(dataset), "--json", str(out / "verify.json")]))
         stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
-              lambda: train_reward.main(["--config", args.reward_config, "--data", str(dataset),
+              lambda: train_reward.main(["--config", cfg.reward_config, "--data", str(dataset),
                                          "--out", str(reward), "--overwrite",
                                          "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
         stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
@@ -138,19 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
               lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
         stage("4/4 GRPO with SpatialScore as the reward", run / "summary.json", lambda: grpo.main(
-            ["--config", args.grpo_config, "--out", str(run), "--overwrite",
+            ["--config", cfg.grpo_config, "--out", str(run), "--overwrite",
              "--set", f"sampler.model={generator}", "--set", f"reward.checkpoint={reward / 'final'}",
              "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
              "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
-             *[x for o in args.grpo_overrides for x in ("--set", o)]]))
-        if args.control:
+             *[x for o in grpo_overrides for x in ("--set", o)]]))
+        if cfg.control:
             stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
                   lambda: grpo.main(
-                      ["--config", args.grpo_config, "--out", str(out / "control"), "--overwrite",
+                      ["--config", cfg.grpo_config, "--out", str(out / "control"), "--overwrite",
                        "--set", f"sampler.model={generator}", "--set", "reward.source=verifier",
                        "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
                        "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
-                       *[x for o in args.grpo_overrides for x in ("--set", o)]]))
+                       *[x for o in grpo_overrides for x in ("--set", o)]]))
     summary = summarize(out, time.time() - t_start, random_models=random_note)
     for key, run_dir, what in (("grpo", run, "GRPO"), ("control", out / "control", "GRPO with the verifier reward")):
         if key not in summary:

@@ -19,13 +19,16 @@ markdown table (`--markdown`, default next to the JSON).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline.dataset_io import DatasetError, check_dataset, decode_image, split_dir
+from spatialrl.config import ConfigError, add_config_args, job_config
 
 MODELS = ("spatialscore", "untrained_head", "fresh_lora_head", "vlm_judge")
 LABELS = {
@@ -121,61 +124,87 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class EvalRewardConfig:
+    checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's OUT/final)
+    data: str = ""  # a SpatialReward dataset folder
+    split: str = "test"
+    num_actors: int = 1  # scoring actors (Ray Data actor pool)
+    cpus_per_actor: float = 1.0
+    batch_size: int = 32
+    max_pairs: int = 0  # 0 = every pair of the split
+    seed: int = 0
+    vlm_judge: str = "backbone"  # zero-shot VLM-judge baseline: backbone, a preset, hub id or folder; none to skip
+    address: str = ""  # empty: RAY_ADDRESS or a new local Ray
+    num_cpus: int = 0  # local Ray only; 0 = the machine's
+
+    def validate(self) -> None:
+        if not self.checkpoint or not self.data:
+            raise ConfigError("give --checkpoint DIR/final (jobs.train_reward's output) and --data DATASET_DIR")
+        if self.num_actors < 1 or self.batch_size < 1 or self.max_pairs < 0 or self.cpus_per_actor <= 0:
+            raise ConfigError("num_actors and batch_size >= 1, cpus_per_actor > 0, max_pairs >= 0 (0 = all)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a SpatialScore checkpoint folder (e.g. runs/reward/final)")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--split", default="test")
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", help="a SpatialScore checkpoint folder (e.g. runs/reward/final)")
+    parser.add_argument("--data", help="a SpatialReward dataset folder")
+    parser.add_argument("--split")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
-    parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-actors", type=int)
+    parser.add_argument("--cpus-per-actor", type=float)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-pairs", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vlm-judge", default="backbone",
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--vlm-judge",
                         help="Qwen2.5-VL for the zero-shot VLM-judge baseline: backbone (the checkpoint's), a preset, "
                              "hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder; none to skip")
     parser.add_argument("--address")
     parser.add_argument("--num-cpus", type=int)
     args = parser.parse_args(argv)
+    keys = [f.name for f in dataclasses.fields(EvalRewardConfig)]
+    cfg = job_config(EvalRewardConfig, args, {k: getattr(args, k) for k in keys})
+    if isinstance(cfg, int):
+        return cfg
     try:
-        check_dataset(Path(args.data))
+        check_dataset(Path(cfg.data))
         from spatialrl.reward.model import read_checkpoint_meta
 
         from spatialrl.models.loader import resolve_model_path
         from spatialrl.reward.model import config_from_meta
 
-        meta = read_checkpoint_meta(Path(args.checkpoint))
-        vlm_judge = None if args.vlm_judge == "none" else (
-            config_from_meta(meta, Path(args.checkpoint)).backbone if args.vlm_judge == "backbone" else args.vlm_judge)
+        meta = read_checkpoint_meta(Path(cfg.checkpoint))
+        vlm_judge = None if cfg.vlm_judge == "none" else (
+            config_from_meta(meta, Path(cfg.checkpoint)).backbone if cfg.vlm_judge == "backbone" else cfg.vlm_judge)
         if vlm_judge:
             resolve_model_path(vlm_judge, "qwen")  # not on disk: the message says how to download it
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not split_dir(Path(args.data), args.split).is_dir():
-        print(f"error: {args.data} has no {args.split!r} split", file=sys.stderr)
+    if not split_dir(Path(cfg.data), cfg.split).is_dir():
+        print(f"error: {cfg.data} has no {cfg.split!r} split", file=sys.stderr)
         return 2
 
     import ray
 
     from cluster.runtime import ray_session
 
-    with ray_session(args.address, args.num_cpus):
-        ds = ray.data.read_parquet(str(split_dir(Path(args.data), args.split))).select_columns(
+    with ray_session(cfg.address or None, cfg.num_cpus or None):
+        ds = ray.data.read_parquet(str(split_dir(Path(cfg.data), cfg.split))).select_columns(
             ["pair_id", "prompt", "chosen_image", "rejected_image", "num_perturbations"])
-        if args.max_pairs:
-            ds = ds.limit(args.max_pairs)
+        if cfg.max_pairs:
+            ds = ds.limit(cfg.max_pairs)
         scored = ds.map_batches(
-            PairScorer, fn_constructor_kwargs={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                               "batch_size": args.batch_size, "seed": args.seed,
+            PairScorer, fn_constructor_kwargs={"checkpoint": str(Path(cfg.checkpoint).resolve()),
+                                               "batch_size": cfg.batch_size, "seed": cfg.seed,
                                                "vlm_judge": vlm_judge},
-            batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.num_actors),
-            num_cpus=args.cpus_per_actor,
+            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cfg.cpus_per_actor,
         ).to_pandas()
     rows = {c: scored[c].to_numpy() for c in scored.columns}
-    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+    report = {"checkpoint": str(cfg.checkpoint), "data": str(cfg.data), "split": cfg.split,
               "vlm_judge": vlm_judge, **metrics(rows, "spatialscore"),
               "baselines": {name: metrics(rows, name) for name in MODELS[1:] if f"{name}_chosen" in rows}}
     table = markdown_table(report)

@@ -35,3 +35,18 @@ def test_preset_dry_runs(path: Path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.strip(), "--dry-run printed no resolved config"
     assert not any(tmp_path.iterdir()) or job.__name__ == "jobs.grpo" and not (tmp_path / "run").exists()
+
+
+JOBS = sorted(p.stem for p in (REPO_ROOT / "jobs").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_every_job_has_the_common_surface(name, capsys):
+    """--config, --set and --dry-run on every job (one job surface, spatialrl.config.add_config_args)."""
+    job = importlib.import_module(f"jobs.{name}")
+    with pytest.raises(SystemExit) as exc:
+        job.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--config", "--set", "--dry-run"):
+        assert flag in text, f"jobs.{name} --help lacks {flag}"
