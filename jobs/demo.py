@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--out", default="runs/demo", type=Path)
     parser.add_argument("--force", action="store_true", help="redo every stage")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything on the terminal (Ray, Ray Data and DeepSpeed output too); by default it "
+                             "goes to OUT/demo.log and the terminal shows stages, progress and results")
     parser.add_argument("--pairs", type=int)
     parser.add_argument("--from-scratch", action="store_true", default=None, help="also rerun the two pretraining jobs")
     parser.add_argument("--control", action="store_true", default=None,
@@ -110,99 +113,104 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    dataset, reward, generator, run = out / "dataset", out / "reward", out / "generator", out / "grpo"
-    backbone, flux = cfg.backbone, cfg.generator
-    with ray_session():
-        if cfg.from_scratch:
-            from jobs import pretrain_backbone, pretrain_generator
+    from spatialrl.console import quiet_console
 
-            backbone, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
-            stage("pretraining the tiny Qwen2.5-VL backbone", backbone / "config.json", lambda: pretrain_backbone.main(
-                ["--config", "configs/backbone_tiny.yaml", "--out", str(backbone)]))
-            stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
-                ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
-        shipped = {"qwen": ASSETS / "qwen2_5_vl", "flux": ASSETS / "flux"}
-        random_models = []
-        if not cfg.from_scratch:
-            # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
-            # fixture so every stage still runs, and say plainly that the numbers then carry no signal.
-            from spatialrl.models.loader import resolve_model_path
+    print(f"full log (Ray, Ray Data, DeepSpeed): {out / 'demo.log'}" + ("" if args.verbose else "; --verbose shows it here"),
+          flush=True)
+    with quiet_console(out / "demo.log", verbose=args.verbose):
+        t_start = time.time()
+        dataset, reward, generator, run = out / "dataset", out / "reward", out / "generator", out / "grpo"
+        backbone, flux = cfg.backbone, cfg.generator
+        with ray_session():
+            if cfg.from_scratch:
+                from jobs import pretrain_backbone, pretrain_generator
 
-            if backbone == shipped["qwen"] and not backbone.is_dir():
-                backbone = Path(resolve_model_path("tiny", "qwen"))
-                random_models.append("qwen2_5_vl")
-                if cfg.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own
-                    cfg.reward_config = "configs/reward_tiny.yaml"
-            if flux == shipped["flux"] and not flux.is_dir():
-                flux = Path(resolve_model_path("tiny", "flux"))
-                random_models.append("flux")
-        marker = out / "MODELS_ARE_RANDOM"
-        marker.unlink(missing_ok=True)
-        random_note = (f"assets/tiny-pretrained/{{{','.join(random_models)}}} missing: the demo ran on random tiny models"
-                       if random_models else "")
-        if random_note:
-            marker.write_text(random_note + "\n")
-            print(f"WARNING: assets/tiny-pretrained/ lacks {random_models}: running the chain on RANDOM tiny fixtures "
-                  f"for them; the before/after numbers carry no signal (rebuild with make demo-from-scratch)",
+                backbone, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
+                stage("pretraining the tiny Qwen2.5-VL backbone", backbone / "config.json", lambda: pretrain_backbone.main(
+                    ["--config", "configs/backbone_tiny.yaml", "--out", str(backbone)]))
+                stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
+                    ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
+            shipped = {"qwen": ASSETS / "qwen2_5_vl", "flux": ASSETS / "flux"}
+            random_models = []
+            if not cfg.from_scratch:
+                # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
+                # fixture so every stage still runs, and say plainly that the numbers then carry no signal.
+                from spatialrl.models.loader import resolve_model_path
+
+                if backbone == shipped["qwen"] and not backbone.is_dir():
+                    backbone = Path(resolve_model_path("tiny", "qwen"))
+                    random_models.append("qwen2_5_vl")
+                    if cfg.reward_config == REWARD_DEMO:  # tuned for the pretrained backbone; the fixture has its own
+                        cfg.reward_config = "configs/reward_tiny.yaml"
+                if flux == shipped["flux"] and not flux.is_dir():
+                    flux = Path(resolve_model_path("tiny", "flux"))
+                    random_models.append("flux")
+            marker = out / "MODELS_ARE_RANDOM"
+            marker.unlink(missing_ok=True)
+            random_note = (f"assets/tiny-pretrained/{{{','.join(random_models)}}} missing: the demo ran on random tiny models"
+                           if random_models else "")
+            if random_note:
+                marker.write_text(random_note + "\n")
+                print(f"WARNING: assets/tiny-pretrained/ lacks {random_models}: running the chain on RANDOM tiny fixtures "
+                      f"for them; the before/after numbers carry no signal (rebuild with make demo-from-scratch)",
+                      flush=True)
+            used = {"backbone": str(backbone), "flux": str(flux), "reward_config": cfg.reward_config}
+            before = json.loads((out / "models.json").read_text()) if (out / "models.json").is_file() else used
+            if before != used:  # stages built from other models must not be reused with these
+                print(f"== models changed since the last run in {out} ({before} -> {used}): redoing stages 2-4", flush=True)
+                for stale in (reward, generator, run):
+                    shutil.rmtree(stale, ignore_errors=True)
+            (out / "models.json").write_text(json.dumps(used, indent=2) + "\n")
+            for path in (backbone, flux):
+                if not path.is_dir():
+                    raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
+                                     f"them with git checkout, or run make demo-from-scratch to rebuild them)")
+            stage(f"1/4 building {cfg.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
+                ["--config", "configs/dataset_easy.yaml", "--pairs", str(cfg.pairs), "--out", str(dataset),
+                 "--overwrite"]))
+            stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
+                ["--data", str(dataset), "--json", str(out / "verify.json")]))
+            stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
+                  lambda: train_reward.main(["--config", cfg.reward_config, "--data", str(dataset),
+                                             "--out", str(reward), "--overwrite",
+                                             "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
+            stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
+                ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test",
+                 "--json", str(reward / "eval.json"), "--markdown", str(reward / "eval.md")]))
+            stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
+                  lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
+            stage("4/4 GRPO with SpatialScore as the reward", run / "summary.json", lambda: grpo.main(
+                ["--config", cfg.grpo_config, "--out", str(run), "--overwrite",
+                 "--set", f"sampler.model={generator}", "--set", f"reward.checkpoint={reward / 'final'}",
+                 "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
+                 "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
+                 *[x for o in grpo_overrides for x in ("--set", o)]]))
+            if cfg.control:
+                stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
+                      lambda: grpo.main(
+                          ["--config", cfg.grpo_config, "--out", str(out / "control"), "--overwrite",
+                           "--set", f"sampler.model={generator}", "--set", "reward.source=verifier",
+                           "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
+                           "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
+                           *[x for o in grpo_overrides for x in ("--set", o)]]))
+        summary = summarize(out, time.time() - t_start, random_models=random_note)
+        for key, run_dir, what in (("grpo", run, "GRPO"), ("control", out / "control", "GRPO with the verifier reward")):
+            if key not in summary:
+                continue
+            g = summary[key]
+            gain, se = g["verifier_gain"], g["verifier_gain_se"]
+            if summary["models"] != "pretrained":
+                verdict = "the models are random tiny fixtures, so this difference is noise, not a result"
+            elif gain > 2 * se:
+                verdict = f"{what} raised the verifier's relation accuracy on held-out prompts"
+            else:
+                verdict = f"{what} did not clearly raise the verifier's relation accuracy on held-out prompts"
+            print(f"RESULT: {verdict} (gain {gain:+.4f}, standard error {se:.4f}); see {run_dir / 'curves.png'}",
                   flush=True)
-        used = {"backbone": str(backbone), "flux": str(flux), "reward_config": cfg.reward_config}
-        before = json.loads((out / "models.json").read_text()) if (out / "models.json").is_file() else used
-        if before != used:  # stages built from other models must not be reused with these
-            print(f"== models changed since the last run in {out} ({before} -> {used}): redoing stages 2-4", flush=True)
-            for stale in (reward, generator, run):
-                shutil.rmtree(stale, ignore_errors=True)
-        (out / "models.json").write_text(json.dumps(used, indent=2) + "\n")
-        for path in (backbone, flux):
-            if not path.is_dir():
-                raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
-                                 f"them with git checkout, or run make demo-from-scratch to rebuild them)")
-        stage(f"1/4 building {cfg.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
-            ["--config", "configs/dataset_easy.yaml", "--pairs", str(cfg.pairs), "--out", str(dataset),
-             "--overwrite"]))
-        stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
-            ["--data", str(dataset), "--json", str(out / "verify.json")]))
-        stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
-              lambda: train_reward.main(["--config", cfg.reward_config, "--data", str(dataset),
-                                         "--out", str(reward), "--overwrite",
-                                         "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
-        stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
-            ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test",
-             "--json", str(reward / "eval.json"), "--markdown", str(reward / "eval.md")]))
-        stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
-              lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
-        stage("4/4 GRPO with SpatialScore as the reward", run / "summary.json", lambda: grpo.main(
-            ["--config", cfg.grpo_config, "--out", str(run), "--overwrite",
-             "--set", f"sampler.model={generator}", "--set", f"reward.checkpoint={reward / 'final'}",
-             "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
-             "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
-             *[x for o in grpo_overrides for x in ("--set", o)]]))
-        if cfg.control:
-            stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
-                  lambda: grpo.main(
-                      ["--config", cfg.grpo_config, "--out", str(out / "control"), "--overwrite",
-                       "--set", f"sampler.model={generator}", "--set", "reward.source=verifier",
-                       "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
-                       "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
-                       *[x for o in grpo_overrides for x in ("--set", o)]]))
-    summary = summarize(out, time.time() - t_start, random_models=random_note)
-    for key, run_dir, what in (("grpo", run, "GRPO"), ("control", out / "control", "GRPO with the verifier reward")):
-        if key not in summary:
-            continue
-        g = summary[key]
-        gain, se = g["verifier_gain"], g["verifier_gain_se"]
-        if summary["models"] != "pretrained":
-            verdict = "the models are random tiny fixtures, so this difference is noise, not a result"
-        elif gain > 2 * se:
-            verdict = f"{what} raised the verifier's relation accuracy on held-out prompts"
-        else:
-            verdict = f"{what} did not clearly raise the verifier's relation accuracy on held-out prompts"
-        print(f"RESULT: {verdict} (gain {gain:+.4f}, standard error {se:.4f}); see {run_dir / 'curves.png'}",
-              flush=True)
-        hack = g.get("reward_hacking")
-        if hack and hack.get("fired_steps"):
-            print(f"        {hack['verdict']}", flush=True)
-    return 0
+            hack = g.get("reward_hacking")
+            if hack and hack.get("fired_steps"):
+                print(f"        {hack['verdict']}", flush=True)
+        return 0
 
 
 def grpo_summary(run: Path) -> dict:
