@@ -38,6 +38,7 @@ from typing import Literal
 import spatialrl.atomic as atomic
 from spatialrl.reward.reader import ReaderConfig
 from spatialrl.config import ConfigError, add_config_args, check_resume_config, dump_yaml, job_config
+from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
 from spatialrl.metrics import MetricsLogger
 from spatialrl.reward.model import RewardModelConfig
 
@@ -99,18 +100,10 @@ class TrainRewardConfig:
 
 def deepspeed_config(cfg: TrainRewardConfig, steps_per_epoch: int) -> dict:
     total = max(1, steps_per_epoch * cfg.epochs)
-    return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer (works on CPU and GPU)
-        "bf16": {"enabled": bool(cfg.use_gpu)},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": total, "warmup_num_steps": min(cfg.warmup_steps, total // 2)}},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    return shared_deepspeed_config(
+        micro_batch=cfg.batch_size, world_size=cfg.workers, grad_clip=cfg.grad_clip, zero_stage=cfg.zero_stage,
+        bf16=bool(cfg.use_gpu), scheduler={"type": "WarmupCosineLR", "params": {
+            "total_num_steps": total, "warmup_num_steps": min(cfg.warmup_steps, total // 2)}})
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:

@@ -131,8 +131,12 @@ def test_verify_check_names_the_damaged_file_and_the_fix(case, dataset, tmp_path
 
 
 def test_every_job_that_reads_a_dataset_refuses_it_before_ray(dataset, tmp_path, capsys):
+    import ray
+
     from jobs.eval_reward import main as eval_reward
     from jobs.train_reward import main as train_reward
+
+    ray_before = ray.is_initialized()  # another test's session Ray may be up; the jobs must not start one
 
     bad = damaged(dataset, tmp_path)
     shard = drop_column(bad)
@@ -141,9 +145,7 @@ def test_every_job_that_reads_a_dataset_refuses_it_before_ray(dataset, tmp_path,
     assert not (tmp_path / "rm").exists()
     assert eval_reward(["--checkpoint", str(tmp_path / "nowhere"), "--data", str(bad)]) == 2
     assert str(shard) in one_error_line(capsys.readouterr().err)
-    import ray
-
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
 
 
 def test_grpo_checks_the_dataset_its_prompts_come_from(dataset, tmp_path, capsys):
@@ -292,15 +294,17 @@ def test_grpo_resume_refuses_a_changed_config_and_an_empty_folder(tmp_path, caps
 
 
 def test_train_reward_resume_without_a_run_is_an_error(dataset, tmp_path, capsys):
+    import ray
+
     from jobs.train_reward import main as train_reward
+
+    ray_before = ray.is_initialized()
 
     out = tmp_path / "rm"
     assert train_reward(["--config", "configs/reward_tiny.yaml", "--data", str(dataset), "--out", str(out),
                          "--resume"]) == 2
     assert "holds no earlier run" in one_error_line(capsys.readouterr().err)
-    import ray
-
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
 
 
 # ------------------------------------------------------------------------------------------ safe loading

@@ -15,6 +15,7 @@ from spatialrl.config import REPO_ROOT
 # (floor, room): a module may import its own room and any room on a lower floor, nothing else of ours
 ROOMS = [
     (0, "spatialrl.config"), (0, "spatialrl.metrics"), (0, "spatialrl.console"), (0, "spatialrl.atomic"),
+    (0, "spatialrl.deepspeed_config"),
     (1, "data_pipeline"), (1, "cluster"), (1, "spatialrl.models"),
     (2, "spatialrl.flux"), (2, "spatialrl.reward"),
     (3, "spatialrl.grpo"), (3, "spatialrl.standins"),

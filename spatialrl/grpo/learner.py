@@ -31,6 +31,7 @@ import torch
 from spatialrl.config import ConfigError
 from spatialrl.flux.math import latent_image_ids, sde_std, sde_step
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
+from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
 from spatialrl.grpo.math import clipped_policy_loss, sde_kl, trained_steps
 
 
@@ -77,19 +78,9 @@ class TrainSelection:
 
 
 def deepspeed_config(cfg: GRPOLearnerConfig, micro_batch: int, world_size: int, bf16: bool) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": micro_batch * world_size,
-        # the number of (micro-batch, timestep) backward passes varies with Top-k: the caller owns the boundary
-        "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.max_grad_norm,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer (CPU and GPU)
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    # the number of (micro-batch, timestep) backward passes varies with Top-k: the caller owns the boundary
+    return shared_deepspeed_config(micro_batch=micro_batch, world_size=world_size, grad_clip=cfg.max_grad_norm,
+                                   zero_stage=cfg.zero_stage, bf16=bf16, managed_accumulation=False)
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
