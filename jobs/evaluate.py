@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = ", ".join(f"{v} {m:.3f}" for v, (m, _, _) in e["variants"].items())
             print(f"  {e['metric']}: {cells}")
     print(summary["hacking"])
+    print(f"seeds: {settings['seeds']}; settings in {args.out}/settings.yaml (rerun: --config {args.out}/settings.yaml)")
     print(f"wrote {args.out}/report.html, report.md, scores.jsonl ({len(rows)} images) in {time.time() - t0:.0f} s")
     return 0
 
