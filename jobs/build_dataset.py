@@ -151,12 +151,24 @@ def build_into(cfg: BuildDatasetConfig, out: Path) -> int:
         else:
             generate(cfg, out)
             info = {"source": "spatial_world", "seed": cfg.seed, "world": to_dict(cfg.world)}
+        log_build_metrics(out, Path(cfg.out).name, time.time() - t0)  # while Ray is up: the gauges reach it
     dataset_io.write_prompts_jsonl(out)
     info["build_seconds"] = round(time.time() - t0, 1)
     info["config"] = to_dict(cfg)
     dataset_io.write_manifest(out, info)
     dataset_io.write_preview(out, cfg.preview_pairs)
     return 0
+
+
+def log_build_metrics(out: Path, name: str, seconds: float) -> None:
+    """The build's numbers through the one metrics path: OUT/metrics.jsonl and the spatialrl_dataset_* gauges."""
+    import pyarrow.parquet as pq
+
+    from spatialrl.metrics import MetricsLogger
+
+    pairs = sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
+    MetricsLogger(out / "metrics.jsonl", run=f"build_dataset/{name}").log(
+        0, {"dataset/pairs": pairs, "dataset/build_s": seconds, "dataset/pairs_per_s": pairs / max(seconds, 1e-9)})
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def test_layout_schema_and_manifest(dataset):
         first = json.loads(lines[0])
         assert set(first) >= {"prompt", "relations", "objects"} and first["relations"]
     assert (dataset / "preview.png").stat().st_size > 1000
+    row = json.loads((dataset / "metrics.jsonl").read_text())  # the build through the one metrics path
+    assert row["step"] == 0 and row["dataset/pairs"] == 80 and row["dataset/pairs_per_s"] > 0
 
 
 def test_same_seed_same_dataset(dataset, tmp_path):

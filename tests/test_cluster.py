@@ -130,6 +130,7 @@ def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(clust
     out = submit(cluster, "python", "-m", "jobs.build_dataset", "--pairs", "60", "--seed", "3", "--out", str(data),
                  "--config", "configs/dataset_easy.yaml", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     assert (data / "manifest.json").is_file(), out
+    assert json.loads((data / "metrics.jsonl").read_text())["dataset/pairs"] == 60
     run = shared / "grpo"
     sets = ["reward.source=verifier", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.eval_prompts=0",
             f"data.prompts={data / 'prompts_train.jsonl'}",
@@ -150,5 +151,6 @@ def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(clust
     # the run's gauges reach a metrics endpoint as ray_spatialrl_* series
     def scraped():
         text = "".join(_get(url) for url in cluster["metrics"])
-        return "ray_spatialrl_reward_mean" in text and "ray_spatialrl_topk_kept_fraction" in text
+        return all(f"ray_spatialrl_{name}" in text for name in ("reward_mean", "topk_kept_fraction",
+                                                                 "dataset_pairs", "dataset_pairs_per_s"))
     _wait_for(scraped, 60, "the ray_spatialrl_* series on the metrics endpoints")
