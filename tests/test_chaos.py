@@ -178,6 +178,7 @@ def test_lost_learner_rank_stops_the_job_with_a_message_and_resume_finishes(
     assert_same_run(out, reference)
 
 
+@pytest.mark.timeout(2400)  # six driver start-ups; each took 30 s to 5 min on a loaded 2-core machine
 def test_driver_sigkilled_five_times_then_resumed_equals_the_uninterrupted_run(ray_local, prompts, reference,
                                                                                tmp_path):
     """Each attempt is `python -m jobs.grpo` joined to the session's Ray, SIGKILLed at a point drawn from a seeded
