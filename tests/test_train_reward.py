@@ -1,7 +1,7 @@
 """jobs.train_reward on a real local Ray: Ray Train + DeepSpeed ZeRO-2 over gloo with 2 CPU workers (ray tier).
 
-One run trains two epochs while the test SIGKILLs a training worker after the first checkpoint (FailureConfig
-restarts the group from it); another stops after one epoch and is continued with --resume.
+One run trains two epochs while the test SIGKILLs a training worker in the second epoch, after the first
+checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once); another stops after one epoch and is continued with --resume.
 """
 
 import json
@@ -16,6 +16,7 @@ import torch
 
 from jobs.build_dataset import main as build
 from jobs.train_reward import main as train
+from spatialrl.metrics import read_metrics as metrics_rows  # drops a line rank 0 is still writing
 
 pytestmark = pytest.mark.ray
 COMMON = ["--config", "configs/reward_tiny.yaml", "--set", "max_steps_per_epoch=6", "--set", "log_every=1"]
@@ -44,8 +45,13 @@ def test_killed_worker_resumes_from_checkpoint(data, tmp_path):
     t.start()
     ckpts = run / "ray_results" / "train_reward"
     deadline = time.time() + 400
-    while time.time() < deadline and not list(ckpts.glob("checkpoint_*")):
-        time.sleep(0.5)
+
+    def in_epoch_1():  # a checkpoint, and rank 0 has logged steps after it: the restart must not log them twice
+        return list(ckpts.glob("checkpoint_*")) and (run / "metrics.jsonl").exists() and any(
+            r["step"] > 7 for r in metrics_rows(run / "metrics.jsonl") if "loss/reward" in r)
+
+    while time.time() < deadline and not in_epoch_1():
+        time.sleep(0.2)
     assert list(ckpts.glob("checkpoint_*")), "no checkpoint after epoch 0"
     victims = train_workers()
     assert victims, "no training worker process to kill"
@@ -55,6 +61,8 @@ def test_killed_worker_resumes_from_checkpoint(data, tmp_path):
     assert result.get("rc") == 0
     vals = [r for r in read_metrics(run) if "val/accuracy" in r]
     assert [r["epoch"] for r in vals][-1] == 1  # the second epoch ran after the kill
+    steps = [r["step"] for r in read_metrics(run) if "loss/reward" in r]
+    assert steps == list(range(1, 13)), steps  # every step logged once: the redone ones replaced, not duplicated
     assert (run / "final" / "adapter_model.safetensors").exists()
     assert killed_at < (run / "final").stat().st_mtime
 
