@@ -35,7 +35,7 @@ from spatialrl.grpo.config import GRPOJobConfig
 from spatialrl.grpo.learner import TrainSelection
 from spatialrl.grpo.math import hacking_signal, topk_filter
 import spatialrl.atomic as atomic
-from spatialrl.metrics import MetricsLogger, read_metrics
+from spatialrl.metrics import MetricsLogger, plot_metrics, read_metrics
 
 # errors that mean "the actor (or the object it made) is gone": redo the group; anything else is a bug -> raise
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
@@ -481,25 +481,7 @@ def _progress(step: int, steps: int, row: dict) -> str:
 
 def plot_curves(metrics_path: Path, out_png: Path, reward_name: str = "spatialscore") -> None:
     """reward, verifier relation accuracy and clip fraction per step; `reward_name` = what the reward is."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_path)
-    if not rows:
-        return
-    steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, (key, title) in zip(axes, [("reward/mean", f"reward ({reward_name}) mean"),
-                                       ("verifier/relation_accuracy", "verifier relation accuracy"),
-                                       ("policy/clip_fraction", "clip fraction")]):
-        ys = [r.get(key) for r in rows]
-        if any(y is not None for y in ys):
-            ax.plot(steps, [np.nan if y is None else y for y in ys], marker=".")
-        ax.set_title(title)
-        ax.set_xlabel("GRPO step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    plot_metrics(metrics_path, out_png, [(f"reward ({reward_name}) mean", [("reward/mean", "reward")]),
+                                         ("verifier relation accuracy", [("verifier/relation_accuracy", "verifier")]),
+                                         ("clip fraction", [("policy/clip_fraction", "clip")])],
+                 xlabel="GRPO step")

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from spatialrl.config import add_config_args, job_config
+from spatialrl.metrics import MetricsLogger
 from spatialrl.standins.generator import PIPELINE_FILES, PIPELINE_PARTS, GeneratorPretrainConfig, pretrain
 
 LOG_FILE = "training_log.jsonl"  # as jobs.pretrain_backbone names its log
@@ -57,17 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log_file = open(out / LOG_FILE, "w")
+    (out / LOG_FILE).unlink(missing_ok=True)
+    metrics = MetricsLogger(out / LOG_FILE, run=f"pretrain_generator:{out.name}")
 
-    def log(row: dict) -> None:
-        log_file.write(json.dumps(row) + "\n")
-        log_file.flush()
+    def log(row: dict) -> None:  # rows of a stage count that stage's steps; a stage's data row has step 0
+        metrics.log(row.get("step", 0), {k: v for k, v in row.items() if k != "step"})
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
-    try:
-        summary = pretrain(cfg, out, log)
-    finally:
-        log_file.close()
+    summary = pretrain(cfg, out, log)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"done: {summary['total']['cpu_s']:.0f} s CPU ({summary['total']['time_s']:.0f} s wall), {out} "
           f"({summary['size_mb']} MB); VAE reconstructions {summary['vae_recon']}; "

@@ -39,7 +39,7 @@ import spatialrl.atomic as atomic
 from spatialrl.reward.reader import ReaderConfig
 from spatialrl.config import ConfigError, add_config_args, check_resume_config, dump_yaml, job_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
-from spatialrl.metrics import MetricsLogger
+from spatialrl.metrics import MetricsLogger, plot_metrics
 from spatialrl.reward.model import RewardModelConfig
 
 RUN_NAME = "train_reward"
@@ -238,23 +238,11 @@ def steps_per_epoch(cfg: TrainRewardConfig, manifest: dict) -> int:
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "loss/reward" in r]
-    val = [r for r in rows if "val/accuracy" in r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot([r["step"] for r in train], [r["loss/reward"] for r in train], label="train loss")
-    a.set_xlabel("step"), a.set_title("loss"), a.legend()
-    b.plot([r["step"] for r in train], [r["train/running_accuracy"] for r in train], label="train (running)")
-    b.plot([r["step"] for r in val], [r["val/accuracy"] for r in val], "o-", label="val")
-    b.set_xlabel("step"), b.set_ylim(0, 1.02), b.set_title("pairwise accuracy"), b.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    """training loss, and pairwise accuracy (running on train, and on the validation split) per step."""
+    plot_metrics(metrics_path, out_png, [("loss", [("loss/reward", "train loss")]),
+                                         ("pairwise accuracy", [("train/running_accuracy", "train (running)"),
+                                                                ("val/accuracy", "val")])],
+                 ylims={"pairwise accuracy": (0, 1.02)})
 
 
 def run(cfg: TrainRewardConfig, out: Path | None = None) -> dict:

@@ -4,6 +4,12 @@ Keys look like `reward/mean`, `loss/policy`, `perf/images_per_s`. Each `log(step
 and sets a `ray.util.metrics.Gauge` per key, named `spatialrl_<key with / -> _>` (Prometheus shows them with a
 `ray_` prefix), tagged with the run name, so the dashboard's Metrics view and Grafana see the same numbers.
 
+Dashboard continuity: Ray's metrics agent drops a gauge that was not set again for about two report intervals
+(measured on Ray 2.60: a gauge set once is on the endpoint from ~10 s to ~30 s after it was set, even with its
+process alive), while a FLUX.1-dev GRPO step takes minutes. So each process re-sets its gauges' last values
+every `REFRESH_S` from one daemon thread, and `linger_for_dashboard()` (called when a job on a running cluster
+ends) keeps them up long enough for one export, so a job's last numbers reach the endpoint too.
+
 Crash safety: a row is one `write` of one line to a file opened for appending, so a crash can at worst leave
 the last line unfinished. `read_metrics` drops such a torn last line (a torn line anywhere else is an error),
 a new `MetricsLogger` cuts it off before appending, and `truncate_after` (a resumed run) rewrites the file
@@ -17,7 +23,55 @@ import math
 import os
 import re
 import sys
+import threading
+import time
 from pathlib import Path
+
+REFRESH_S = 5.0  # re-set every gauge this often, well inside the agent's expiry
+
+_live_lock = threading.Lock()
+_live: dict[tuple[str, tuple], tuple[object, float, dict]] = {}  # (gauge, tags) -> (Gauge, value, tags)
+_last_set = 0.0
+_refresher: threading.Thread | None = None
+
+
+def _remember(gauge, name: str, value: float, tags: dict) -> None:
+    global _refresher, _last_set
+    with _live_lock:
+        _live[(name, tuple(sorted(tags.items())))] = (gauge, value, tags)
+        _last_set = time.time()
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_forever, name="spatialrl-metrics-refresh", daemon=True)
+            _refresher.start()
+
+
+def _refresh_forever() -> None:
+    while True:
+        time.sleep(REFRESH_S)
+        with _live_lock:
+            items = list(_live.values())
+        for gauge, value, tags in items:
+            try:
+                gauge.set(value, tags=tags)
+            except Exception:  # Ray shut down under us: nothing left to export to
+                return
+
+
+def report_interval_s() -> float:
+    """How often Ray's workers export their metrics (RAY_metrics_report_interval_ms, default 10 s)."""
+    return float(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000
+
+
+def linger_for_dashboard(seconds: float | None = None) -> float:
+    """Keep this process (and its refreshed gauges) alive until its last values were exported at least once:
+    a report interval and a margin after the last `log`. Returns the seconds waited (0 if no gauge was set)."""
+    with _live_lock:
+        if not _live:
+            return 0.0
+        wait = (report_interval_s() + 3.0 if seconds is None else seconds) - (time.time() - _last_set)
+    if wait > 0:
+        time.sleep(wait)
+    return max(wait, 0.0)
 
 
 def gauge_name(key: str) -> str:
@@ -55,7 +109,9 @@ class MetricsLogger:
                 continue
             if key not in self._gauges:
                 self._gauges[key] = Gauge(gauge_name(key), description=key, tag_keys=("run",))
-            self._gauges[key].set(float(value), tags={"run": self.run})
+            tags = {"run": self.run}
+            self._gauges[key].set(float(value), tags=tags)
+            _remember(self._gauges[key], gauge_name(key), float(value), tags)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a resumed run redoes them)."""
@@ -125,6 +181,37 @@ def write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def plot_metrics(metrics_path: str | Path, out_png: str | Path, panels: list[tuple[str, list[tuple[str, str]]]],
+                 *, xlabel: str = "step", ylims: dict[str, tuple[float, float]] | None = None) -> bool:
+    """The one curve plotter: one panel per (title, [(key, label), ...]); each series is drawn over the rows that
+    have its key (train and validation rows can share a file). Writes `out_png`; False when there is no row."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.5), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        for key, label in series:
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 60 else None, label=label)
+        if len(series) > 1:
+            ax.legend()
+        if ylims and title in ylims:
+            ax.set_ylim(*ylims[title])
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _plain(v):

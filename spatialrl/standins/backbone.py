@@ -68,6 +68,7 @@ from data_pipeline.world import (
     PALETTE, WorldConfig, decisive_facts, load_world_preset, render, render_labels, sample_scene,
 )
 from spatialrl.config import ConfigError, dump_yaml, repo_path
+from spatialrl.metrics import MetricsLogger
 
 QUESTION = "Describe each object and answer the questions."
 RESUME_DIR = "resume"
@@ -184,8 +185,10 @@ class PretrainDataConfig:
     patch_loss_layer: int = 0  # hidden state it reads (logit lens): 0 = image embeddings entering the LM
     position_loss_weight: float = 0.0  # each image token names its grid row and column (see position_loss)
     position_loss_layer: int = 2  # after this many decoder layers
-    relation_loss_weight: float = 0.0  # image tokens name the colours right of / below their object
-    relation_loss_layers: list[int] = field(default_factory=lambda: [1, 2])  # right-of set, below set
+    relation_loss_weight: float = 0.0  # image tokens name the colours right of / below (/ left of / above) their object
+    # one layer per trained set, in the order right-of, below[, left-of, above]: two sets hold every fact, four
+    # put each relation word's set on the subject's own tokens (no role swap for the converses)
+    relation_loss_layers: list[int] = field(default_factory=lambda: [1, 2])
     train_colour: bool = True  # train the colour words of the object list too (a dense, easy first signal)
     synonym_prob: float = 0.3  # a question names a shape by a synonym ("disc", "box", ...)
     blur_prob: float = 0.3  # share of images blurred slightly (Gaussian, radius in pixels of the canvas)
@@ -261,9 +264,10 @@ class PretrainConfig:
                     f"data.{name}={getattr(d, name)}: a layer index counts decoder layers done, so it must lie in "
                     f"[0, model.num_layers={self.model.num_layers}]"
                 )
-        if len(d.relation_loss_layers) != 2:
+        if len(d.relation_loss_layers) not in (2, 4):
             raise ConfigError(
-                f"data.relation_loss_layers={d.relation_loss_layers}: give two layers (right-of set, below set)")
+                f"data.relation_loss_layers={d.relation_loss_layers}: give two layers (right-of set, below set) or "
+                "four (right-of, below, left-of, above)")
         if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"save_dtype={self.save_dtype!r}: use one of {list(SAVE_DTYPES)}")
 
@@ -393,7 +397,7 @@ class Example:
     world: str  # "default" or "easy"
     kinds: list[str]  # per trained segment: "colour", "shape", "x", "y", "size", "qa/<axis>[/<other colour>]"
     patch_targets: np.ndarray | None = None  # [image tokens, len(PATCH_WORDS)]: what each token's region holds
-    relation_targets: np.ndarray | None = None  # [image tokens, 2, len(RELATION_WORDS)]: right-of / below sets
+    relation_targets: np.ndarray | None = None  # [image tokens, 4, len(RELATION_WORDS)]: right-of/below/left-of/above
 
 
 def _digits(value: float) -> str:
@@ -476,10 +480,11 @@ def patch_targets(scene, labels: np.ndarray, image_size: int) -> np.ndarray:
 
 def relation_targets(scene, m, labels: np.ndarray, image_size: int, world: WorldConfig) -> np.ndarray:
     """For each image token mostly covered by one object o: the colours of the objects decisively to the right
-    of o, and of those decisively below o, each as a uniform distribution over RELATION_WORDS ("background"
-    when there are none): [tokens, 2, words]. Rows of tokens that no object dominates are all zero (no loss).
+    of o, below o, left of o and above o, each as a uniform distribution over RELATION_WORDS ("background" when
+    there are none): [tokens, 4, words]. Rows of tokens that no object dominates are all zero (no loss).
 
-    These two sets hold every left/right/above/below fact of the scene (left and above are their converses).
+    The first two sets hold every left/right/above/below fact of the scene (the other two are their converses);
+    the last two put the set a converse question asks for on the subject's own tokens.
     """
     from data_pipeline.relations import relation_score
 
@@ -488,15 +493,15 @@ def relation_targets(scene, m, labels: np.ndarray, image_size: int, world: World
     lab = labels[np.ix_(idx, idx)].reshape(grid, 28, grid, 28).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
     n = len(scene.objects)
     share = np.stack([(lab == k + 1).mean(axis=1) for k in range(n)], axis=1)  # [tokens, objects]
-    sets = np.zeros((n, 2, len(RELATION_WORDS)), dtype=np.float32)
+    sets = np.zeros((n, 4, len(RELATION_WORDS)), dtype=np.float32)
     for o in range(n):
-        for r, rtype in enumerate(("left_of", "above")):  # o left of k <=> k is right of o
+        for r, rtype in enumerate(("left_of", "above", "right_of", "below")):  # o left of k <=> k is right of o
             others = [k for k in range(n) if k != o and relation_score(m, o, rtype, k, world.margins) >= 1]
             for k in others:
                 sets[o, r, RELATION_WORDS.index(scene.objects[k].colour)] = 1 / len(others)
             if not others:
                 sets[o, r, -1] = 1.0
-    out = np.zeros((grid * grid, 2, len(RELATION_WORDS)), dtype=np.float32)
+    out = np.zeros((grid * grid, 4, len(RELATION_WORDS)), dtype=np.float32)
     dominant = share.argmax(axis=1)
     covered = share.max(axis=1) >= 0.25
     out[covered] = sets[dominant[covered]]
@@ -789,6 +794,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
         log(f"resuming from {resume} at step {start_step}")
     else:
         (out / LOG_FILE).unlink(missing_ok=True)
+    metrics = MetricsLogger(out / LOG_FILE, run=f"pretrain_backbone:{out.name}")
+    metrics.truncate_after(start_step)  # rows a killed run logged after its checkpoint are redone, not doubled
     (out / "pretrain_config.yaml").write_text(dump_yaml(cfg))
     encoder = ExampleEncoder(processor)
     stream = SceneStream(cfg, encoder)
@@ -823,7 +830,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
                    "max_objects": stream.max_objects(step), "easy_fraction": round(stream.easy_fraction(step), 3),
                    "elapsed_s": round(elapsed, 1),
                    "scenes_per_s": window["scenes"] / (time.time() - window["t"])}
-            _append(out / LOG_FILE, row)
+            metrics.log(done, row)
             losses = " ".join(f"{k} {row[k]:.4f}" for k in parts)
             log(f"step {done}/{cfg.steps} {losses} lr {row['lr']:.2e} objects<= {row['max_objects']} "
                 f"{row['scenes_per_s']:.1f} scenes/s {elapsed:.0f} s")
@@ -832,7 +839,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
             final = {"step": done, "elapsed_s": round(elapsed, 1)}
             for name, exs in evals.items():
                 final.update({f"eval/{name}/{k}": v for k, v in evaluate(model, encoder, exs).items()})
-            _append(out / LOG_FILE, final)
+            metrics.log(done, final)
             log("eval " + " ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in final.items()
                                    if k.startswith("eval/") and "/qa_accuracy/" not in k))
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
@@ -841,11 +848,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, *, from_scratch: b
     (out / EVAL_FILE).write_text(json.dumps(final, indent=2) + "\n")
     shutil.rmtree(resume, ignore_errors=True)
     return final
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _save_resume(folder: Path, model, optimizer, step: int, elapsed: float) -> None:
