@@ -10,30 +10,23 @@ Default arm: the shipped backbone, grown from 4 to 6 LM layers
 duplicated: also function-preserving), patch loss at layer 0 (keeps binding), position loss at layer 1 (each image
 token names its grid row/column: absolute position from the fixed-position prefix, p-invariant), lr 1e-3 constant.
 
-Run from the project root (it imports the project's world and pretraining code, so it follows that code's
-names; a throw-away experiment, not part of the project):
-    .venv/bin/python ../shared/tools/relation_probe.py                 # ~20 min, 2 threads
-        (~1.2 GFLOP per scene fwd+bwd, batch 16 -> ~20 GFLOP/step; ~0.5-0.8 s/step on 2 quiet cores, i.e. ~1,500-2,400
-        steps; eval = 200 fixed fresh scenes, ~340 questions, every 100 steps)
-    .venv/bin/python ../shared/tools/relation_probe.py --minutes 0.3 --threads 1 --eval-every 5 --eval-scenes 20   # smoke
+Run from the project root (~20 min on 2 threads: ~0.5-0.8 s per step of 16 scenes; eval = 200 fixed fresh scenes,
+~340 questions, every --eval-every steps):
+    .venv/bin/python bench/relation_probe.py
+    .venv/bin/python bench/relation_probe.py --minutes 0.3 --threads 1 --eval-every 5 --eval-scenes 20   # smoke
 Arms (each another run):
-    --relation-loss 1 --relation-layers 0,0    the arm that learned (see the measurements below)
+    --relation-loss 1 --relation-layers 0,0    colour sets right of / below each object at the vision tower's output
+    --relation-layers 0,0,0,0                  ... and the left-of / above sets (each word's set on the subject)
+    --hint-loss 1                              the question hints at the "?" token (subject colour, its set)
     --extra-layers 0 --no-mha                  shipped architecture as is (is depth/GQA the bottleneck?)
-    --relations left_of,right_of               bring the XOR back (converse word); best as a second stage:
+    --relations left_of,right_of               bring the XOR back (converse word); best as a later stage:
                                                run 1 with --save runs/rp1, run 2 with --init runs/rp1 --relations ...
     --list before                              the shipped layout (grounding list with true coordinates first)
     --init scratch                             from scratch (6 layers, MHA, theta 1000, mrope 0,2,14,
                                                vision rope theta 100); needs ~1000 steps for binding first
     --style which                              "which is further left, the A or the B? the A"
-Reading it: chance is 0.5. If acc on the >=1-token buckets passes ~0.8 within ~1000 steps the task design (XOR,
-leakage) was the blocker; if it stays at 0.5 with the list-free, XOR-free task, the blocker is the image->text
-position route (depth / M-RoPE), and the scratch arm with more width frequencies is the next run.
-Measured on 2 slow cores: the default arm stayed a constant answer (acc 0.479, loss ln 2) through 1,100 steps;
---list before (answer readable from two numbers in the text) stayed at 0.48-0.54 through 515 steps.
---list after --sorted-list: constant through 1,074 steps.
---relation-loss 1 --relation-layers 0,0 (right-of / below colour sets at the vision tower's output): constant until
-~700 steps, then 0.619 (800), 0.843 (900), 0.913 (1,000), 0.966 (1,400; gap >= 2 tokens 0.996, < 1 token 0.865).
-The same with --relations left_of,right_of,above,below from step 0: constant through 1,103 steps.
+Reading it: chance is 0.5, a constant answer shows as the share of "no" / "yes". What each arm measured, and the
+curriculum built from them (`bench/backbone_curriculum.sh`): bench/RESULTS.md, "The relation probe".
 """
 
 from __future__ import annotations
@@ -450,9 +443,10 @@ def main():
     p.add_argument("--position-loss", type=float, default=0.5)
     p.add_argument("--position-layer", type=int, default=1)
     p.add_argument("--relation-loss", type=float, default=0.0,
-                   help="weight of the per-image-token right-of / below colour sets (0 = off)")
+                   help="weight of the per-image-token right-of / below (/ left-of / above) colour sets (0 = off)")
     p.add_argument("--relation-layers", default="0,0",
-                   help="where those sets are trained: 0 = the vision tower's output (not causal), >0 = LM layers")
+                   help="where those sets are trained, one layer per set (two: right-of, below; four: also left-of, "
+                        "above): 0 = the vision tower's output (not causal), >0 = LM layers")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=16)

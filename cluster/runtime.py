@@ -67,9 +67,16 @@ def init_ray(
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None):
+    """Ray for one job. On a running cluster, the job's last gauges are kept up until they were exported once
+    (a job's final numbers would otherwise never reach the metrics endpoint); a local Ray ends with the job."""
+    connects = not ray.is_initialized()  # False inside a process (a test, the demo) that already holds Ray
     started = init_ray(address, num_cpus, dashboard)
     try:
-        yield
+        yield started
+        if connects and not started:
+            from spatialrl.metrics import linger_for_dashboard
+
+            linger_for_dashboard()
     finally:
         if started:
             ray.shutdown()

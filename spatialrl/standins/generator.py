@@ -6,19 +6,9 @@ the job that runs it: `jobs/pretrain_generator.py`. It is the `tiny-pretrained` 
 trained from `configs/generator_toy.yaml`): the paper's starting point (FLUX.1-dev) in miniature, meant to draw the
 objects right and the relations imperfectly, for the demo's GRPO to improve.
 
-Status (measured): the shipped model (9k steps, then five `init_from` stages of +6k steps with the training times
-pushed toward noise, logit mean 0.7, 1.0, 1.5, 2.0, 2.0, then +4k steps at logit mean 0.5 and lr 5e-4), sampled with
-classifier-free guidance (`true_cfg_scale` 4, the empty negative prompt), draws the requested objects ~82% of the
-time on held-out prompts (object presence 0.82, relation accuracy 0.56, named colour found 0.95; without guidance
-0.64 / 0.42 / 0.87); recipe and numbers in `assets/tiny-pretrained/flux/RECIPE.md`. The 9k-step first stage alone:
-0.19. The shift matters: +6k steps without it gave 0.23, with logit mean 0.7 0.27, +6k more at 1.0 0.42, and +6k
-more at 1.5 0.51 (the layout is decided near pure noise, which logit-normal(0, 1) rarely samples). Guidance adds
-0.15-0.2 from there on; the last, low-noise stage sharpens the shapes. Shorter runs (~15 min of one CPU thread
-each) stayed at presence 0.09-0.19 whatever was tried: 1-3.3k steps, lr 1e-3 and 3e-3, width 96 and 192, 8x (16
-tokens) and 4x (64 tokens) VAE latents, 10-60 sampling steps, cond_dropout 0.1 with classifier-free guidance 3 or
-6, and short captions. What is still missed: diamonds read as circles (rounded corners), small triangles. Not a
-train/sample mismatch: on 64 training images with their own prompts, lr 3e-3 memorises them in 800 steps
-(presence 0.95), and the VAE's reconstructions pass the verifier (0.99).
+What the shipped model draws (object presence 0.82, relation accuracy 0.56 on held-out prompts, with true
+classifier-free guidance), the stages that made it and the runs that did not work:
+`assets/tiny-pretrained/flux/RECIPE.md`.
 
 Stages (each a plain function, run top to bottom by `pretrain`):
 1. data: `make_pair(i, seed, "train", world)` of `data_pipeline.pairs`, keeping the perfect image and its
