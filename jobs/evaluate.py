@@ -15,7 +15,8 @@ the base model and the LoRA alike.
 
 Writes into --out: `images/{base,lora}/` in the benchmark's own layout (its scorer runs on it unchanged),
 `scores.jsonl` (every image's scores), `report.md` + `report_files/`, the self-contained `report.html`,
-`summary.json` and `settings.yaml` (the resolved config, seeds and command: rerun with `--config settings.yaml`).
+`summary.json`, `settings.yaml` (the resolved config, seeds and command: rerun with `--config settings.yaml`) and
+`metrics.jsonl` (through the one metrics path: images/s per pass, each metric per variant; `spatialrl_eval_*`).
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from actors.evaluate_pools import make_pools, run_pass, set_lora, shutdown
     from cluster.runtime import ray_session
     from spatialrl.flux.report import write_report
+    from spatialrl.metrics import MetricsLogger
 
     t0 = time.time()
     variants = {}
@@ -263,33 +265,39 @@ def main(argv: list[str] | None = None) -> int:
             for variant in ("base", "lora") if cfg.generation.lora else ("base",):
                 if variant == "lora":
                     set_lora(gens, str(repo_path(cfg.generation.lora)))
+                t_pass = time.time()
                 variants[variant] = run_pass(gens, judges, items, images_per_prompt=k, seed=cfg.generation.seed,
                                              chunk_prompts=cfg.chunk_prompts)
-                print(f"{variant}: {len(variants[variant][0])} images judged ({time.time() - t0:.0f} s)")
+                n = len(variants[variant][0])
+                print(f"{variant}: {n} images judged ({time.time() - t0:.0f} s)")
+                metrics.log(0, {f"eval/{variant}/images": n,
+                                 f"eval/{variant}/images_per_s": n / max(time.time() - t_pass, 1e-9)})
         finally:
             shutdown(gens, judges)
 
-    rows, images = [], {}
-    for variant, (imgs, results) in variants.items():
-        images[variant] = imgs
-        paths = save_images(args.out / "images" / variant, items, imgs, k, variant)
-        for i, res in enumerate(results):
-            it = items[i // k]
-            rows.append({"variant": variant, "benchmark": cfg.benchmark, "item_id": it.item_id, "index": it.index,
-                         "k": i % k, "seed": cfg.generation.seed + i, "prompt": it.prompt,
-                         "categories": it.categories, "file": paths[i], **({"cell": i % k} if cfg.benchmark == "dpg"
-                                                                           else {}),
-                         "scores": res["scores"], "questions": res["questions"]})
-    settings = settings_of(cfg, argv, scfg.resolution, len(items))
-    (args.out / "settings.yaml").write_text(dump_yaml(cfg))
-    summary = write_report(args.out, rows, images, settings, TABLE2_CATEGORIES.get(cfg.benchmark), cfg.top_n)
-    for e in summary["table"]:
-        if e["category"] == "all":
-            cells = ", ".join(f"{v} {m:.3f}" for v, (m, _, _) in e["variants"].items())
-            print(f"  {e['metric']}: {cells}")
-    print(summary["hacking"])
-    print(f"seeds: {settings['seeds']}; settings in {args.out}/settings.yaml (rerun: --config {args.out}/settings.yaml)")
-    print(f"wrote {args.out}/report.html, report.md, scores.jsonl ({len(rows)} images) in {time.time() - t0:.0f} s")
+        rows, images = [], {}
+        for variant, (imgs, results) in variants.items():
+            images[variant] = imgs
+            paths = save_images(args.out / "images" / variant, items, imgs, k, variant)
+            for i, res in enumerate(results):
+                it = items[i // k]
+                rows.append({"variant": variant, "benchmark": cfg.benchmark, "item_id": it.item_id,
+                             "index": it.index, "k": i % k, "seed": cfg.generation.seed + i, "prompt": it.prompt,
+                             "categories": it.categories, "file": paths[i],
+                             **({"cell": i % k} if cfg.benchmark == "dpg" else {}),
+                             "scores": res["scores"], "questions": res["questions"]})
+        settings = settings_of(cfg, argv, scfg.resolution, len(items))
+        (args.out / "settings.yaml").write_text(dump_yaml(cfg))
+        summary = write_report(args.out, rows, images, settings, TABLE2_CATEGORIES.get(cfg.benchmark), cfg.top_n)
+        for e in summary["table"]:
+            if e["category"] == "all":
+                cells = ", ".join(f"{v} {m:.3f}" for v, (m, _, _) in e["variants"].items())
+                print(f"  {e['metric']}: {cells}")
+                metrics.log(0, {f"eval/{v}/{e['metric']}": m for v, (m, _, _) in e["variants"].items()})
+        print(summary["hacking"])
+        print(f"seeds: {settings['seeds']}; settings in {args.out}/settings.yaml "
+              f"(rerun: --config {args.out}/settings.yaml)")
+        print(f"wrote {args.out}/report.html, report.md, scores.jsonl ({len(rows)} images) in {time.time() - t0:.0f} s")
     return 0
 
 

@@ -180,7 +180,18 @@ def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(clust
     assert len(worker) == 1
     assert nodes["spatialrl/sampler-0"] == worker[0], nodes
     assert nodes["spatialrl/reward-0"] != worker[0] and nodes["spatialrl/learner-0"] != worker[0], nodes
+    # reward training (Ray Train + DeepSpeed workers) and an evaluation, submitted the same way
+    rm = shared / "reward"
+    submit(cluster, "python", "-m", "jobs.train_reward", "--config", "configs/reward_tiny.yaml", "--data", str(data),
+           "--out", str(rm), "--set", "epochs=1", "--set", "max_steps_per_epoch=3", "--set", "log_every=1")
+    assert (rm / "final").is_dir()
+    ev = shared / "eval"
+    submit(cluster, "python", "-m", "jobs.evaluate", "--benchmark", "spatialworld", "--prompts",
+           str(data / "prompts_test.jsonl"), "--model", "tiny-pretrained", "--limit", "2", "--images-per-prompt",
+           "1", "--set", "generation.steps=3", "--set", "chunk_prompts=1", "--out", str(ev))
+    assert (ev / "report.html").is_file()
     # the jobs' gauges reached a metrics endpoint as ray_spatialrl_* series while they ran (as Prometheus sees them)
     scraper.stop()
-    wanted = {f"ray_spatialrl_{n}" for n in ("reward_mean", "topk_kept_fraction", "dataset_pairs", "dataset_pairs_per_s")}
+    wanted = {f"ray_spatialrl_{n}" for n in ("reward_mean", "topk_kept_fraction", "dataset_pairs", "dataset_pairs_per_s",
+                                             "loss_reward", "val_accuracy", "eval_base_images_per_s")}
     assert wanted <= scraper.seen, f"never scraped: {sorted(wanted - scraper.seen)} (scrapes: {scraper.scrapes})"
