@@ -67,6 +67,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def memory_lines(cfg: GRPOJobConfig, gpu_gib: float) -> dict:
+    """Print each role's estimated memory per replica against its share of a GPU (`num_gpus`, 1 when 0)."""
+    from spatialrl.grpo.memory import GIB, role_memory
+
+    out = {}
+    print(f"memory per replica (estimate: weights exact from the configs, activations by formula; "
+          f"spatialrl/grpo/memory.py), GPU of {gpu_gib:g} GiB:")
+    for role, mem in role_memory(cfg).items():
+        share = getattr(cfg.cluster, role).num_gpus or 1.0
+        room = share * gpu_gib * GIB
+        verdict = "fits" if mem.total_bytes <= room else f"DOES NOT FIT (over by {(mem.total_bytes - room) / GIB:.1f} GiB)"
+        print(f"  {role:<8} {mem.line()}: {verdict} in {share:g} GPU")
+        out[role] = {**mem.to_dict(), "gpu_share": share, "fits": mem.total_bytes <= room}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, default_config="configs/grpo_flux_dev.yaml")
@@ -79,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks lost with their actor")
     parser.add_argument("--restart-s", type=float, default=60.0, help="seconds to restart a lost actor")
     parser.add_argument("--json", type=Path, default=None, help="also write the plans here")
+    parser.add_argument("--memory", action="store_true",
+                        help="also estimate each role's memory per replica (the models' configs on the meta device)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=139.0, help="memory of one GPU, GiB (H200: 139)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(GRPOJobConfig, args.config, args.overrides, validate=False)
@@ -128,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"to run it: --set cluster.sampler.count={rows[-1]['split']['sampler']} "
           f"--set cluster.reward.count={rows[-1]['split']['reward']} "
           f"--set cluster.learner.count={rows[-1]['split']['learner']} (for {rows[-1]['gpus_offered']} GPUs)")
+    memory = memory_lines(cfg, args.gpu_memory_gb) if args.memory else None
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": args.config, "shape": asdict(shape), "costs": asdict(costs),
-                                         "plans": rows}, indent=2) + "\n")
+                                         "plans": rows, **({"memory": memory} if memory else {})}, indent=2) + "\n")
     return 0
 
 

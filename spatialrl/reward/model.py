@@ -386,17 +386,28 @@ def _build_backbone(cfg: RewardModelConfig) -> nn.Module:
     base = load_vl_model(cfg.backbone, dtype=DTYPES[cfg.dtype], model_cls=Qwen2_5_VLModel)
     if cfg.full_finetune:
         return base.requires_grad_(True)
-    from peft import LoraConfig, get_peft_model
+    return apply_lora(base, cfg)
 
-    lora = LoraConfig(
+
+def reward_lora_config(cfg: RewardModelConfig):
+    """The peft LoraConfig of SpatialScore: cfg's rank / alpha / dropout on the language model's projections only."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=lora_target_regex(cfg.lora_targets),
         bias="none",
     )
+
+
+def apply_lora(base: nn.Module, cfg: RewardModelConfig) -> nn.Module:
+    """Wrap a Qwen2_5_VLModel with SpatialScore's LoRA (also on a meta-device model: tests at the real shapes)."""
+    from peft import get_peft_model
+
     with _quiet_peft():
-        return get_peft_model(base, lora)  # freezes the base; adapters in fp32 even on a bf16 backbone
+        return get_peft_model(base, reward_lora_config(cfg))  # freezes the base; adapters in fp32 on bf16
 
 
 @contextlib.contextmanager
