@@ -100,7 +100,7 @@ class GRPOController:
         self.learner = LearnerGroup(cfg.sampler, cfg.learner, cfg.cluster.learner, self.pgs["learner"],
                                     timeout_s=cfg.cluster.learner_timeout_s)
         ray.get([s.latent_size.remote(cfg.sampler.resolution) for s in self.samplers],
-                timeout=cfg.cluster.actor_timeout_s)  # models loaded
+                timeout=cfg.cluster.actor_start_timeout_s)  # models loaded
         self.startup_s = time.time() - t0
         self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl", run=self.run_dir.name)
         self.version = 0
@@ -270,7 +270,7 @@ class GRPOController:
         """Block until every sampler and reward actor answers again. While Ray restarts an actor, tasks sent to
         it fail at once with ActorUnavailableError (actors run with max_task_retries=0), so re-dispatching
         straight away would spend all of grpo.max_retries in milliseconds, long before the model is reloaded."""
-        timeout_s = timeout_s or self.cfg.cluster.actor_timeout_s
+        timeout_s = timeout_s or self.cfg.cluster.actor_start_timeout_s
         deadline = time.time() + timeout_s
         for actor in self.samplers + self.rewarders:
             while True:
@@ -280,7 +280,8 @@ class GRPOController:
                 except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                     if time.time() > deadline:
                         raise JobStopped(
-                            f"an actor was still restarting after {timeout_s:g} s; check its logs (ray logs)"
+                            f"an actor was still restarting after {timeout_s:g} s (cluster.actor_start_timeout_s); "
+                            "check its logs (ray logs)"
                         ) from None
                     time.sleep(0.2)
 

@@ -164,7 +164,8 @@ def test_lost_learner_rank_stops_the_job_with_a_message_and_resume_finishes(
 
     assert run_with(hurt, 2, args_for(prompts, out, "cluster.learner_timeout_s=30"), out) == 1
     err = capsys.readouterr().err
-    assert pids and "Traceback" not in err
+    assert pids, f"the job stopped before the fault was injected:\n{err[-3000:]}"
+    assert "Traceback" not in err, err[-3000:]
     # the fault lands in a train step or in a checkpoint save (save_every=1): either call stops the job
     assert ("a learner rank died during" if fault == "killed" else "did not finish") in err
     assert fault == "killed" or "within 30 s (cluster.learner_timeout_s)" in err

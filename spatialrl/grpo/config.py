@@ -78,14 +78,17 @@ class ClusterConfig:
     # the longest one step's prompt groups may take to be sampled and scored; past it the actor holding a late
     # group is taken as hung: killed, restarted by Ray, and the group redone (counts as a retry)
     actor_timeout_s: float = 600.0
+    # the longest a sampler or reward actor may take to (re)start and load its models: a FLUX.1-dev sampler takes
+    # minutes, far longer than a tiny model's step, so it has its own budget
+    actor_start_timeout_s: float = 1800.0
     learner_timeout_s: float = 1800.0  # one learner call (train step, checkpoint); past it the job stops
 
     def validate(self) -> None:
         if self.actor_max_restarts < 0:
             raise ConfigError("cluster.actor_max_restarts must be >= 0")
-        if self.actor_timeout_s <= 0 or self.learner_timeout_s <= 0:
-            raise ConfigError(f"cluster.actor_timeout_s={self.actor_timeout_s} and cluster.learner_timeout_s="
-                              f"{self.learner_timeout_s} must be > 0 (seconds)")
+        for key in ("actor_timeout_s", "actor_start_timeout_s", "learner_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"cluster.{key}={getattr(self, key)} must be > 0 (seconds)")
 
 
 @dataclass
