@@ -5,6 +5,8 @@
   and seconds per step (the learner trains on 2K of G samples with Top-k).
 - `samplers`: throughput with 1 vs 2 sampler actors (images/s over whole steps, and the mean time waiting for
   rewards), everything else equal.
+- `staleness`: on-policy (grpo.max_staleness=0) vs sampling one step ahead while the learner trains
+  (max_staleness=1): seconds per step and images/s, the same seed and steps.
 
 Each variant is a full `jobs.grpo` run (its own actors) in one local Ray, in alternating order when
 `--repeats` > 1. `--seeds 0,1,2` runs every variant once per seed (grpo.seed: prompt order, sampling noise,
@@ -14,6 +16,7 @@ seeds with its standard error across seeds. Prints a markdown table and writes J
     python -m bench.grpo topk --config configs/grpo_demo.yaml --out runs/bench-topk --set sampler.model=... \
         --set reward.checkpoint=... --set data.prompts=... --set data.eval_prompts=...
     python -m bench.grpo samplers --out runs/bench-samplers --set data.prompts=... --set reward.checkpoint=...
+    python -m bench.grpo staleness --config configs/grpo_demo.yaml --out runs/bench-staleness --set grpo.steps=4 ...
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from spatialrl.metrics import read_metrics
 VARIANTS = {
     "topk": lambda k: {f"top-k on (k={k})": [f"grpo.top_k={k}"], "top-k off (all samples)": ["grpo.top_k=0"]},
     "samplers": lambda k: {"1 sampler": ["cluster.sampler.count=1"], "2 samplers": ["cluster.sampler.count=2"]},
+    "staleness": lambda k: {"on-policy (max_staleness 0)": ["grpo.max_staleness=0"],
+                            "max_staleness 1": ["grpo.max_staleness=1"]},
 }
 
 

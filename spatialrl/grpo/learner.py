@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,6 +52,10 @@ class GRPOLearnerConfig:
     updates_per_step: int = 1  # optimizer steps per GRPO step; >1 makes later updates off-policy (clipped)
     ema_decay: float = 0.0  # 0 = off; else an EMA of the LoRA, exported instead of the raw weights
     seed: int = 0  # the LoRA's initial A (B starts at zero)
+    # SDPA kernels for the learner's forward + backward on CUDA: flash (efficient as the fp32 fallback, never
+    # cuDNN: its backward crashed with an illegal memory access on an H200 in the Flux transformer) or auto
+    # (torch's own choice). Ignored on CPU.
+    attention_backend: Literal["flash", "auto"] = "flash"
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -67,6 +72,9 @@ class GRPOLearnerConfig:
             raise ConfigError(f"learner.updates_per_step={self.updates_per_step}: need at least 1")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"learner.ema_decay={self.ema_decay}: 0 (off) or a value in (0, 1)")
+        if self.attention_backend not in ("flash", "auto"):
+            raise ConfigError(f"learner.attention_backend={self.attention_backend!r}: use flash (pinned, for CUDA) "
+                              f"or auto (torch's choice)")
 
 
 @dataclass
@@ -75,6 +83,28 @@ class TrainSelection:
 
     indices: np.ndarray  # [K] int: image indices into the trajectory
     advantages: np.ndarray  # [K] float32
+
+
+def sdpa_backends(device_type: str, choice: str) -> list | None:
+    """The SDPA backends the learner allows: None = torch's choice (CPU, or `auto`); `flash` on CUDA = flash
+    attention first (bf16 / fp16) and memory-efficient attention for fp32, with cuDNN and the math kernel left out."""
+    if choice == "auto" or device_type != "cuda":
+        return None
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def attention_context(device_type: str, choice: str):
+    """A context manager pinning `sdpa_backends(device_type, choice)` (a no-op where that is None)."""
+    import contextlib
+
+    backends = sdpa_backends(device_type, choice)
+    if backends is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(backends)
 
 
 def deepspeed_config(cfg: GRPOLearnerConfig, micro_batch: int, world_size: int, bf16: bool) -> dict:
@@ -107,14 +137,17 @@ class GRPOLearner:
         world_size: int = 1,
         master_addr: str = "127.0.0.1",
         master_port: int | None = None,
+        pipe=None,
     ):
+        """`pipe`: an already built FluxPipeline for the policy instead of loading `sampler_cfg.model` (benchmarks
+        with random weights at real shapes)."""
         import deepspeed
         import torch.distributed as dist
 
         self.cfg = cfg or GRPOLearnerConfig()
         self.cfg.validate()
         self.rank, self.world_size = rank, world_size
-        self.policy = FluxSampler(sampler_cfg)
+        self.policy = FluxSampler(sampler_cfg, pipe=pipe)
         self.policy.init_lora(seed=self.cfg.seed)
         self.transformer = self.policy.transformer
         params = [p for n, p in self.transformer.named_parameters() if "lora_" in n]
@@ -220,6 +253,27 @@ class GRPOLearner:
         cache: dict[int, tuple] = {}
         chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step)
         grad_norms, n_trained = [], []
+        with attention_context(self.policy.device.type, self.cfg.attention_backend):
+            self._train_chunks(chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained)
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
+        count = max(1.0, float(sums[4]))
+        return {
+            "loss/policy": float(sums[0] / count),
+            "policy/ratio_mean": float(sums[1] / count),
+            "policy/ratio_max_dev": float(ratio_max[0]),
+            "policy/clip_fraction": float(sums[2] / count),
+            "policy/kl": float(sums[3] / count),
+            "policy/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "learner/micro_batches": float(n_batches),
+            "learner/trained_steps": float(np.mean(n_trained)) if n_trained else 0.0,  # timesteps per micro-batch
+            "learner/updates": float(self.updates),
+        }
+
+    def _train_chunks(self, chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained):
+        """The backward passes and optimizer steps of one train_step (sums, ratio_max, grad_norms and n_trained
+        are filled in place)."""
         for chunk in chunks:
             did_backward = False
             for i in chunk:
@@ -243,28 +297,13 @@ class GRPOLearner:
                     ratio = stats["ratio"].double()
                     sums += torch.tensor([loss.item() * len(idx), ratio.sum().item(), stats["clipped"].sum().item(),
                                           stats["kl"].sum().item(), len(idx)], dtype=torch.float64)
-                    ratio_max = torch.maximum(ratio_max, (ratio - 1).abs().max().reshape(1))
+                    ratio_max.copy_(torch.maximum(ratio_max, (ratio - 1).abs().max().reshape(1)))
             if not did_backward:  # a rank without work still joins the collective step
                 self.engine.backward(sum(p.sum() for _, p in self._lora_params()) * 0.0)
             self.engine.step()
             self.updates += 1
             grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
             self._update_ema()
-        if dist.is_initialized() and self.world_size > 1:
-            dist.all_reduce(sums)
-            dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
-        count = max(1.0, float(sums[4]))
-        return {
-            "loss/policy": float(sums[0] / count),
-            "policy/ratio_mean": float(sums[1] / count),
-            "policy/ratio_max_dev": float(ratio_max[0]),
-            "policy/clip_fraction": float(sums[2] / count),
-            "policy/kl": float(sums[3] / count),
-            "policy/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
-            "learner/micro_batches": float(n_batches),
-            "learner/trained_steps": float(np.mean(n_trained)) if n_trained else 0.0,  # timesteps per micro-batch
-            "learner/updates": float(self.updates),
-        }
 
     def _conditioning(self, traj: Trajectory):
         self.policy.check_made_here(traj)  # samplers and learner must share resolution and guidance

@@ -35,6 +35,9 @@ class RewardConfig:
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
     batch_size: int = 16
+    # > 0: score in chunks sized by memory (this many GB of activations, spatialrl.reward.memory) instead of
+    # batch_size images; e.g. the GPU memory left after the weights, times 0.8
+    batch_memory_gb: float = 0.0
     device: str = "auto"
     backend: Literal["actors", "serve"] = "actors"  # serve: score through the SpatialScore Serve application
     serve_app: str = "spatialscore"  # its name; the GRPO job deploys it from `checkpoint` unless it runs already
@@ -67,6 +70,9 @@ class RewardConfig:
             raise ConfigError(f"reward.margin_scale={self.margin_scale}: must be > 0, e.g. 4")
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size={self.batch_size}: need at least 1")
+        if not self.batch_memory_gb >= 0:
+            raise ConfigError(f"reward.batch_memory_gb={self.batch_memory_gb}: 0 (fixed reward.batch_size) or the GB "
+                              f"of activations a scoring chunk may use, e.g. 20")
 
 
 class RewardWorker:
@@ -81,7 +87,9 @@ class RewardWorker:
         elif cfg.source == "spatialscore":
             from spatialrl.reward.scorer import SpatialScorer
 
-            self.scorer = SpatialScorer.from_checkpoint(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
+            budget = int(cfg.batch_memory_gb * 2**30) if cfg.batch_memory_gb > 0 else None
+            self.scorer = SpatialScorer.from_checkpoint(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size,
+                                                        max_batch_bytes=budget)
 
     def score(self, images: np.ndarray, rows: list[dict]) -> dict[str, np.ndarray]:
         """images `[N, H, W, 3]` uint8, rows: one dict per image (`prompt`, optional `objects`/`relations`).

@@ -11,7 +11,9 @@ reader's recipe (`spatialrl.reward.reader`): RGB, bilinear resize to the checkpo
 same chat-formatted instruction (`reward_text`), the same processor with the pixel count fixed, left padding.
 So a pair scored here gets the same mu as in the training batch (tests/test_reward_model.py checks 1e-5).
 Scoring runs under torch.inference_mode in chunks of `batch_size`; with left padding a row's score does not
-depend on what else is in its chunk.
+depend on what else is in its chunk. `max_batch_bytes` sizes the chunks by memory instead: as many rows as fit the
+byte budget by `spatialrl.reward.memory.scoring_bytes_per_row` at the call's longest prompt (so a GPU scores
+in the largest chunks it holds, whatever the image size and prompt length).
 """
 
 from __future__ import annotations
@@ -60,19 +62,24 @@ def encode_items(processor, image_size: int, prompts: list[str], images: list) -
 class SpatialScorer:
     """Scores (prompt, image) pairs with a reward model: mu of the head, higher = follows the prompt better."""
 
-    def __init__(self, model: SpatialRewardModel, processor, *, batch_size: int = 16, device: str = "auto"):
+    def __init__(self, model: SpatialRewardModel, processor, *, batch_size: int = 16, device: str = "auto",
+                 max_batch_bytes: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if max_batch_bytes is not None and max_batch_bytes <= 0:
+            raise ValueError(f"max_batch_bytes must be > 0 (or None for a fixed batch_size); got {max_batch_bytes}")
         self.device = _pick_device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.image_size = model.cfg.image_size
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self.last_chunk_rows = batch_size  # the chunk size the last score() call used
 
     @classmethod
     def from_checkpoint(
         cls, ckpt_dir: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype | None = None,
-        batch_size: int = 16,
+        batch_size: int = 16, max_batch_bytes: int | None = None,
     ) -> "SpatialScorer":
         """Load a `SpatialRewardModel.save_pretrained` folder. `dtype` None = the dtype it was trained in."""
         from spatialrl.reward.prompt import load_processor
@@ -80,7 +87,8 @@ class SpatialScorer:
         meta = read_checkpoint_meta(Path(ckpt_dir))
         cfg = config_from_meta(meta, Path(ckpt_dir))
         model = SpatialRewardModel.from_pretrained(ckpt_dir, dtype=dtype)
-        return cls(model, load_processor(cfg.backbone, cfg.image_size), batch_size=batch_size, device=device)
+        return cls(model, load_processor(cfg.backbone, cfg.image_size), batch_size=batch_size, device=device,
+                   max_batch_bytes=max_batch_bytes)
 
     @classmethod
     def untrained(
@@ -107,12 +115,29 @@ class SpatialScorer:
         if len(prompts) != len(images):
             raise ValueError(f"got {len(prompts)} prompts and {len(images)} images; pass one image per prompt")
         out = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
+        rows = self.chunk_rows(prompts, images) if len(prompts) else self.batch_size
+        self.last_chunk_rows = rows
+        for start in range(0, len(prompts), rows):
+            chunk = slice(start, start + rows)
             enc = encode_items(self.processor, self.image_size, list(prompts[chunk]), list(images[chunk]))
             mu, _ = self.model(**enc)  # [n]
             out.append(mu.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+    def chunk_rows(self, prompts: list[str], images: list) -> int:
+        """Rows per scoring chunk: `batch_size`, or with `max_batch_bytes` the rows whose estimated activations fit
+        the budget at the longest prompt's sequence length (at least 1)."""
+        if self.max_batch_bytes is None:
+            return self.batch_size
+        from spatialrl.reward.memory import scoring_bytes_per_row
+
+        longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+        enc = encode_items(self.processor, self.image_size, [prompts[longest]], [images[longest]])
+        seq_len = int(enc["input_ids"].shape[1])
+        dtype_bytes = next(self.model.base_model.parameters()).element_size()
+        per_row = scoring_bytes_per_row(self.model.base_model.config, seq_len, self.image_size, dtype_bytes)
+        return max(1, int(self.max_batch_bytes // per_row))
 
 
 def _pick_device(device: str | torch.device) -> torch.device:
