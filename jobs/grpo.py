@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.runtime import ray_session
     from actors.grpo_controller import GRPOController, JobStopped
+    from cluster.resources import ResourceError
 
     atomic.write_text(args.out / "config.yaml", dump_yaml(cfg))
     try:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = controller.run(resume=from_checkpoint)
             finally:
                 controller.shutdown()
-    except JobStopped as e:
+    except (JobStopped, ResourceError) as e:  # a stopped run, or a cluster too small for the roles: no traceback
         print(f"error: {e}", file=sys.stderr)
         if old_run is not None:
             print(f"note: the run --overwrite replaced is kept in {old_run}", file=sys.stderr)

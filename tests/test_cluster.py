@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -55,6 +56,10 @@ def cluster(tmp_path_factory):
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
     procs = []
+    # Ray's own sockets live under the temp dir and a unix socket path has at most 107 bytes: pytest's
+    # /tmp/pytest-of-USER/pytest-NN/cluster0/ray/session_<date>_<pid>/sockets/dash_MetricsHead passed it once NN
+    # had two digits (the dashboard's MetricsHead then fails to start), so Ray gets a short folder of its own
+    ray_tmp = tempfile.mkdtemp(prefix="srl-", dir="/tmp")
 
     def start(args, log):
         p = subprocess.Popen([ray_bin, "start", *args, *common], env=env, stdout=open(tmp / log, "w"),
@@ -64,7 +69,7 @@ def cluster(tmp_path_factory):
 
     start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
            "--include-dashboard", "true", "--num-cpus", "2", "--metrics-export-port", str(m1),
-           "--ray-client-server-port", str(client), "--temp-dir", str(tmp / "ray")], "head.log")
+           "--ray-client-server-port", str(client), "--temp-dir", ray_tmp], "head.log")
     dashboard = f"http://127.0.0.1:{dash}"
     _wait_for(lambda: _get(f"{dashboard}/api/version", token_file.read_text()), 120, "the head's dashboard")
     start(["--address", f"127.0.0.1:{gcs}", "--num-cpus", "1", "--resources", json.dumps({"sampler_node": 1}),
@@ -82,6 +87,7 @@ def cluster(tmp_path_factory):
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+    print(f"the nodes' logs: {ray_tmp}/session_latest/logs")  # kept, as pytest keeps its own tmp folders
 
 
 def _get(url: str, token: str | None = None, timeout: float = 10) -> str:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import jobs.grpo as grpo_job
-from cluster.resources import ResourceError, RoleResources, reserve
+from cluster.resources import RoleResources, reserve
 from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
 from spatialrl.grpo.learner import GRPOLearnerConfig, TrainSelection
 from spatialrl.metrics import read_metrics
@@ -414,11 +414,13 @@ def test_reward_hacking_monitor_is_quiet_when_the_reward_is_the_verifier(ray_loc
     assert hack["fired_steps"] == [] and hack["verdict"].startswith("no sign")
 
 
-def test_too_big_a_cluster_request_fails_fast(ray_local, data, tmp_path):
+def test_too_big_a_cluster_request_fails_fast(ray_local, data, tmp_path, capsys):
     groups_before = len(ray_local.util.placement_group_table())
     t0 = time.time()
-    with pytest.raises(ResourceError, match=r"CPU: need 33"):  # 64 samplers x 0.5 + reward 0.5 + learner 0.5
-        grpo_job.main(job_args(data, tmp_path / "run", "cluster.sampler.count=64"))
+    # one message and exit 1, no traceback: 64 samplers x 0.5 + reward 0.5 + learner 0.5
+    assert grpo_job.main(job_args(data, tmp_path / "run", "cluster.sampler.count=64")) == 1
+    err = capsys.readouterr().err
+    assert "CPU: need 33" in err and "fix: lower the counts" in err and "Traceback" not in err
     assert time.time() - t0 < 10
     assert len(ray_local.util.placement_group_table()) == groups_before  # refused before reserving anything
 
