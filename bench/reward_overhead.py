@@ -8,8 +8,8 @@ Both train SpatialScore from the same config (`--config`, default configs/reward
   plain  this process: pyarrow reads the train shards, the reader's own preprocessing (`PairPreprocessor`,
          `PairCollator`) inline, the same model, torch AdamW with gradient clipping, no validation or checkpoint
 Reported: wall seconds end to end (process start to exit for ray; model build to last step for plain), the
-training loop's pairs/s (ray: rank 0's own `perf/pairs_per_s_rank0` over the epoch; plain: the same count), and
-the ratios ray / plain. The variants alternate over `--repeats`.
+training loop's pairs/s from the epoch's start (ray: rank 0's own `perf/pairs_per_s_rank0`, which includes the wait
+for the reader's first batch; plain: the same count), the same over steps 2..N only, and the ratios ray / plain. The variants alternate over `--repeats`.
 
     python -m bench.reward_overhead --data runs/dataset --out runs/bench-reward-overhead --steps 25 --repeats 2
 """
@@ -30,6 +30,7 @@ from spatialrl.config import load_config
 
 
 def run_ray(cfg_path: str, data: Path, out: Path, steps: int) -> dict:
+    from jobs.train_reward import TrainRewardConfig
     from spatialrl.metrics import read_metrics
 
     cmd = [sys.executable, "-m", "jobs.train_reward", "--config", cfg_path, "--data", str(data), "--out", str(out),
@@ -42,7 +43,13 @@ def run_ray(cfg_path: str, data: Path, out: Path, steps: int) -> dict:
     if rc:
         raise SystemExit(f"jobs.train_reward exited {rc}; see {out.parent / (out.name + '.log')}")
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "perf/pairs_per_s_rank0" in r]
-    return {"wall_s": wall, "loop_pairs_per_s": rows[-1]["perf/pairs_per_s_rank0"], "steps": rows[-1]["step"]}
+    # rank 0 logs pairs seen / seconds since the epoch began at every step (log_every=1): the time at step k is
+    # k * batch / rate_k, so steps 2..N alone (no wait for the reader's first batch) are (t_N - t_1) / (N - 1)
+    batch = load_config(TrainRewardConfig, cfg_path, []).batch_size
+    t = [r["step"] * batch / r["perf/pairs_per_s_rank0"] for r in rows]
+    steady = (len(t) - 1) * batch / (t[-1] - t[0]) if len(t) > 1 else float("nan")
+    return {"wall_s": wall, "loop_pairs_per_s": rows[-1]["perf/pairs_per_s_rank0"], "steady_pairs_per_s": steady,
+            "first_batch_s": t[0], "steps": rows[-1]["step"]}
 
 
 def run_plain(cfg_path: str, data: Path, steps: int) -> dict:
@@ -65,7 +72,7 @@ def run_plain(cfg_path: str, data: Path, steps: int) -> dict:
     table = pq.read_table(files, columns=READ_COLUMNS) if len(files) > 1 else pq.read_table(files[0], columns=READ_COLUMNS)
     cols = table.to_pydict()
     n = len(cols["pair_id"])
-    t_loop, seen = time.perf_counter(), 0
+    t_loop, seen, t_first = time.perf_counter(), 0, None
     for step in range(steps):
         lo = (step * cfg.batch_size) % n
         batch = {k: v[lo:lo + cfg.batch_size] for k, v in cols.items()}
@@ -76,8 +83,12 @@ def run_plain(cfg_path: str, data: Path, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         seen += len(batch["pair_id"])
+        if t_first is None:
+            t_first = time.perf_counter()
     end = time.perf_counter()
-    return {"wall_s": end - t0, "loop_pairs_per_s": seen / (end - t_loop), "steps": steps}
+    steady = (seen - cfg.batch_size) / (end - t_first) if steps > 1 else float("nan")
+    return {"wall_s": end - t0, "loop_pairs_per_s": seen / (end - t_loop), "steady_pairs_per_s": steady,
+            "first_batch_s": t_first - t_loop, "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -98,14 +109,18 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 runs[name].append(run_plain(args.config, args.data, args.steps))
             print(name, runs[name][-1], flush=True)
-    mean = {k: {m: statistics.fmean(r[m] for r in rs) for m in ("wall_s", "loop_pairs_per_s")} for k, rs in runs.items()}
+    keys = ("wall_s", "loop_pairs_per_s", "steady_pairs_per_s", "first_batch_s")
+    mean = {k: {m: statistics.fmean(r[m] for r in rs) for m in keys} for k, rs in runs.items()}
     ratios = {"wall_ratio_ray_over_plain": mean["ray"]["wall_s"] / mean["plain"]["wall_s"],
-              "loop_speed_ratio_plain_over_ray": mean["plain"]["loop_pairs_per_s"] / mean["ray"]["loop_pairs_per_s"]}
-    print("\n| path | wall s (end to end) | training loop pairs/s |\n|---|---|---|")
+              "loop_speed_ratio_plain_over_ray": mean["plain"]["loop_pairs_per_s"] / mean["ray"]["loop_pairs_per_s"],
+              "steady_speed_ratio_plain_over_ray": mean["plain"]["steady_pairs_per_s"] / mean["ray"]["steady_pairs_per_s"]}
+    print("\n| path | wall s (end to end) | loop pairs/s (from the epoch start) | steps 2..N pairs/s | first step s |")
+    print("|---|---|---|---|---|")
     for k, m in mean.items():
-        print(f"| {k} | {m['wall_s']:.1f} | {m['loop_pairs_per_s']:.2f} |")
+        print(f"| {k} | {m['wall_s']:.1f} | {m['loop_pairs_per_s']:.2f} | {m['steady_pairs_per_s']:.2f} | "
+              f"{m['first_batch_s']:.1f} |")
     print(f"\nray / plain wall: {ratios['wall_ratio_ray_over_plain']:.2f}x; plain / ray loop speed: "
-          f"{ratios['loop_speed_ratio_plain_over_ray']:.2f}x")
+          f"{ratios['loop_speed_ratio_plain_over_ray']:.2f}x; steps 2..N: {ratios['steady_speed_ratio_plain_over_ray']:.2f}x")
     result = {"config": args.config, "steps": args.steps, "repeats": args.repeats, "runs": runs, "mean": mean, **ratios}
     (args.out / "reward_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

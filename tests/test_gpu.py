@@ -14,7 +14,7 @@ import torch
 
 from spatialrl.flux.math import latent_image_ids, sde_step
 from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
-from spatialrl.grpo.learner import attention_context
+from spatialrl.flux.sampler import attention_context
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 BASE = dict(model="tiny", resolution=64, num_steps=4, group_size=4, batch_size=4, max_sequence_length=32,

@@ -16,7 +16,7 @@ import torch
 from spatialrl.config import ConfigError
 from spatialrl.flux.math import latent_image_ids, sde_step
 from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
-from spatialrl.grpo.learner import GRPOLearnerConfig, attention_context, sdpa_backends
+from spatialrl.flux.sampler import attention_context, sdpa_backends
 
 BASE = dict(model="tiny", resolution=32, num_steps=4, group_size=3, batch_size=3, max_sequence_length=32)
 PROMPT = ["a red circle left of a blue square"]
@@ -34,7 +34,7 @@ def test_sdpa_backends_pin_flash_on_cuda_only():
         q = torch.randn(1, 2, 4, 8)
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     with pytest.raises(ConfigError, match="attention_backend"):
-        GRPOLearnerConfig(attention_backend="cudnn").validate()
+        FluxSamplerConfig(attention_backend="cudnn").validate()
     with pytest.raises(ConfigError, match="compile_mode"):
         FluxSamplerConfig(compile_mode="fast").validate()
 

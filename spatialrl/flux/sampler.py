@@ -87,6 +87,11 @@ class FluxSamplerConfig:
     # keep group_size a multiple of batch_size so every sampling batch reuses one graph.
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead, max-autotune
+    # SDPA kernels of every transformer forward on CUDA (sampling, and the learner's forward + backward, which
+    # must run the same kernels for the ratio to be exactly 1): flash (memory-efficient as the fp32 fallback; never
+    # cuDNN, whose backward crashed with an illegal memory access in the Flux transformer on an H200) or auto
+    # (torch's own choice). Ignored on CPU.
+    attention_backend: Literal["flash", "auto"] = "flash"
 
     def validate(self) -> None:
         if self.resolution < 16 or self.resolution % 16:
@@ -114,8 +119,16 @@ class FluxSamplerConfig:
             raise ConfigError(f"sampler.device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ConfigError("sampler.lora_rank must be >= 1 and sampler.lora_alpha > 0")
+        if self.attention_backend not in ("flash", "auto"):
+            raise ConfigError(f"sampler.attention_backend={self.attention_backend!r}: use flash (pinned on CUDA) "
+                              f"or auto (torch's choice)")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"sampler.compile_mode={self.compile_mode!r}: choose one of {list(COMPILE_MODES)}")
+        if self.compile and self.group_size % self.batch_size:
+            import sys
+
+            print(f"note: sampler.compile with group_size={self.group_size} not a multiple of batch_size="
+                  f"{self.batch_size}: a call's last batch is smaller and compiles a graph of its own", file=sys.stderr)
 
 
 @dataclass
@@ -165,6 +178,29 @@ def flux_lora_config(rank: int = 64, alpha: float = 128.0, targets: tuple[str, .
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+
+
+def sdpa_backends(device_type: str, choice: str) -> list | None:
+    """The SDPA backends a Flux forward may use (`FluxSamplerConfig.attention_backend`): None = torch's choice (CPU,
+    or `auto`); `flash` on CUDA = flash attention first (bf16 / fp16) and memory-efficient attention for fp32, with
+    cuDNN and the math kernel left out."""
+    if choice == "auto" or device_type != "cuda":
+        return None
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def attention_context(device_type: str, choice: str):
+    """A context manager pinning `sdpa_backends(device_type, choice)` (a no-op where that is None)."""
+    import contextlib
+
+    backends = sdpa_backends(device_type, choice)
+    if backends is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(backends)
 
 
 def add_flux_lora(transformer, rank: int, alpha: float) -> None:
@@ -317,11 +353,13 @@ class FluxSampler:
                 return_dict=False,
             )[0]  # [B, S, 64]
 
-        v = forward(embeds, pooled)
+        with attention_context(self.device.type, self.cfg.attention_backend):
+            v = forward(embeds, pooled)
         scale = self.cfg.true_cfg_scale
         if scale > 1:
             neg_embeds, neg_pooled = self._negative_conditioning()
-            v_neg = forward(neg_embeds.expand(b, -1, -1), neg_pooled.expand(b, -1))
+            with attention_context(self.device.type, self.cfg.attention_backend):
+                v_neg = forward(neg_embeds.expand(b, -1, -1), neg_pooled.expand(b, -1))
             v = v_neg + scale * (v - v_neg)  # FluxPipeline's order of operations, so ODE runs match it exactly
         return v
 

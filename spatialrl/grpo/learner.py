@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -52,10 +51,6 @@ class GRPOLearnerConfig:
     updates_per_step: int = 1  # optimizer steps per GRPO step; >1 makes later updates off-policy (clipped)
     ema_decay: float = 0.0  # 0 = off; else an EMA of the LoRA, exported instead of the raw weights
     seed: int = 0  # the LoRA's initial A (B starts at zero)
-    # SDPA kernels for the learner's forward + backward on CUDA: flash (efficient as the fp32 fallback, never
-    # cuDNN: its backward crashed with an illegal memory access on an H200 in the Flux transformer) or auto
-    # (torch's own choice). Ignored on CPU.
-    attention_backend: Literal["flash", "auto"] = "flash"
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -72,9 +67,6 @@ class GRPOLearnerConfig:
             raise ConfigError(f"learner.updates_per_step={self.updates_per_step}: need at least 1")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"learner.ema_decay={self.ema_decay}: 0 (off) or a value in (0, 1)")
-        if self.attention_backend not in ("flash", "auto"):
-            raise ConfigError(f"learner.attention_backend={self.attention_backend!r}: use flash (pinned, for CUDA) "
-                              f"or auto (torch's choice)")
 
 
 @dataclass
@@ -83,28 +75,6 @@ class TrainSelection:
 
     indices: np.ndarray  # [K] int: image indices into the trajectory
     advantages: np.ndarray  # [K] float32
-
-
-def sdpa_backends(device_type: str, choice: str) -> list | None:
-    """The SDPA backends the learner allows: None = torch's choice (CPU, or `auto`); `flash` on CUDA = flash
-    attention first (bf16 / fp16) and memory-efficient attention for fp32, with cuDNN and the math kernel left out."""
-    if choice == "auto" or device_type != "cuda":
-        return None
-    from torch.nn.attention import SDPBackend
-
-    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-
-
-def attention_context(device_type: str, choice: str):
-    """A context manager pinning `sdpa_backends(device_type, choice)` (a no-op where that is None)."""
-    import contextlib
-
-    backends = sdpa_backends(device_type, choice)
-    if backends is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    return sdpa_kernel(backends)
 
 
 def deepspeed_config(cfg: GRPOLearnerConfig, micro_batch: int, world_size: int, bf16: bool) -> dict:
@@ -253,8 +223,7 @@ class GRPOLearner:
         cache: dict[int, tuple] = {}
         chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step)
         grad_norms, n_trained = [], []
-        with attention_context(self.policy.device.type, self.cfg.attention_backend):
-            self._train_chunks(chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained)
+        self._train_chunks(chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained)
         if dist.is_initialized() and self.world_size > 1:
             dist.all_reduce(sums)
             dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
