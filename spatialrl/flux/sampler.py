@@ -498,21 +498,26 @@ class FluxSampler:
         embeds, pooled, text_ids = self.encode(tr.prompts)
         h, w = self.latent_size(tr.resolution)
         img_ids = latent_image_ids(h // 2, w // 2, device=self.device, dtype=embeds.dtype)
-        sigmas = tr.sigmas.to(self.device)
-        timesteps = tr.timesteps.to(self.device)
         out = torch.empty((tr.num_images, len(steps)), dtype=torch.float32)  # [N, K]
+        cond = (embeds, pooled, text_ids, img_ids)
         for start in range(0, tr.num_images, tr.batch_size):
             idx = slice(start, min(start + tr.batch_size, tr.num_images))
-            rows = torch.as_tensor(tr.group_index[idx], device=self.device)
-            emb, pool = embeds[rows], pooled[rows]
             for k, j in enumerate(steps):
-                x = tr.latents[idx, j].to(self.device)
-                v = self.velocity(x, timesteps[j], emb, pool, text_ids, img_ids)
-                _, lp, _, _ = sde_step(
-                    x, v, sigmas[j], sigmas[j + 1], tr.noise_level, prev_sample=tr.latents[idx, j + 1].to(self.device)
-                )
-                out[idx, k] = lp.cpu()
+                out[idx, k] = self.transition_log_prob(tr, idx, j, cond)[0].detach().cpu()
         return out
+
+    def transition_log_prob(self, tr: Trajectory, idx, j: int, cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-prob `[B]` of images `idx`'s stored transition from step j to j + 1 under the current weights, with
+        its SDE mean and the input latents `[B, S, 64]`: what `recompute_log_probs` and the learner's loss share.
+        `cond` = (embeds, pooled, text_ids, img_ids) of the trajectory's prompts (`encode` + `latent_image_ids`)."""
+        embeds, pooled, text_ids, img_ids = cond
+        dev = self.device
+        rows = torch.as_tensor(tr.group_index[idx], device=dev)
+        x = tr.latents[idx, j].to(dev)  # [B, S, 64]
+        v = self.velocity(x, tr.timesteps[j].to(dev), embeds[rows], pooled[rows], text_ids, img_ids)
+        _, logp, mean, _ = sde_step(x, v, tr.sigmas[j].to(dev), tr.sigmas[j + 1].to(dev), tr.noise_level,
+                                    prev_sample=tr.latents[idx, j + 1].to(dev))
+        return logp, mean, x
 
     # --------------------------------------------------------------------------------------------- LoRA
 

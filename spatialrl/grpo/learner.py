@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux.math import latent_image_ids, sde_std, sde_step
+from spatialrl.flux.math import latent_image_ids, sde_std
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
 from spatialrl.grpo.math import clipped_policy_loss, sde_kl, trained_steps
@@ -282,27 +282,20 @@ class GRPOLearner:
         return embeds, pooled, text_ids, img_ids
 
     def _loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, j: int):
-        embeds, pooled, text_ids, img_ids = cond
         dev = self.policy.device
-        rows = torch.as_tensor(traj.group_index[idx], device=dev)
-        x = traj.latents[idx, j].to(dev)  # [B, S, 64]
-        x_next = traj.latents[idx, j + 1].to(dev)
-        sigma, sigma_next = traj.sigmas[j].to(dev), traj.sigmas[j + 1].to(dev)
-        t = traj.timesteps[j].to(dev)
-        v = self.policy.velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
-        _, logp, mean, _ = sde_step(x, v, sigma, sigma_next, traj.noise_level, prev_sample=x_next)  # [B]
+        logp, mean, _ = self.policy.transition_log_prob(traj, idx, j, cond)  # [B], the sampler's own scoring
         advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
         logp_old = traj.log_probs[idx, j].to(dev)
         loss, stats = clipped_policy_loss(logp, logp_old, advantages, self.cfg.clip_range)
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
+            sigma, sigma_next = traj.sigmas[j].to(dev), traj.sigmas[j + 1].to(dev)
             with torch.no_grad():
                 self.transformer.disable_adapters()
                 try:
-                    v_ref = self.policy.velocity(x, t, embeds[rows], pooled[rows], text_ids, img_ids)
+                    _, mean_ref, _ = self.policy.transition_log_prob(traj, idx, j, cond)  # the base model's mean
                 finally:
                     self.transformer.enable_adapters()
-                _, _, mean_ref, _ = sde_step(x, v_ref, sigma, sigma_next, traj.noise_level, prev_sample=x_next)
             kl = sde_kl(mean, mean_ref, sde_std(sigma.float(), sigma_next.float(), traj.noise_level))
             loss = loss + self.cfg.kl_beta * kl.mean()
         stats["kl"] = kl.detach()
