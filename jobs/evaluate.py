@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     variants = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.jsonl").unlink(missing_ok=True)  # --overwrite: this evaluation's numbers only
+    metrics = MetricsLogger(args.out / "metrics.jsonl", run=f"evaluate/{cfg.benchmark}/{args.out.name}")
     with ray_session(cfg.cluster.address or None, cfg.cluster.num_cpus or None):
         gens, judges = make_pools(scfg, cfg.judges, cfg.cluster.generator, cfg.cluster.judge, uuid.uuid4().hex[:6])
         try:

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spatialrl.metrics import read_metrics
+
 from test_benchmarks import GENEVAL_ROWS, WORLD_ROWS, write_dpg, write_jsonl, write_tiif, write_unigen
 
 pytestmark = pytest.mark.slow
@@ -54,6 +56,8 @@ def run_eval(out, *args):
     assert main([*args, *TINY, "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert (out / "report.md").is_file() and (out / "report.html").is_file() and (out / "settings.yaml").is_file()
+    logged = {k for r in read_metrics(out / "metrics.jsonl") for k in r}  # the one metrics path
+    assert {"eval/base/images", "eval/base/images_per_s"} <= logged, logged
     return rows
 
 
