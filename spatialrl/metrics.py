@@ -46,15 +46,19 @@ def _remember(gauge, name: str, value: float, tags: dict) -> None:
 
 
 def _refresh_forever() -> None:
+    import ray
+
     while True:
         time.sleep(REFRESH_S)
         with _live_lock:
+            if not ray.is_initialized():  # the session ended: its gauges go with it; a new one starts empty
+                _live.clear()
             items = list(_live.values())
         for gauge, value, tags in items:
             try:
                 gauge.set(value, tags=tags)
-            except Exception:  # Ray shut down under us: nothing left to export to
-                return
+            except Exception:  # Ray shutting down under us: this round has nothing to export to
+                break
 
 
 def report_interval_s() -> float:
