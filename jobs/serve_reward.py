@@ -31,7 +31,7 @@ def deploy(cfg: ServeRewardConfig):
     from actors.reward_service import build_app
 
     token = os.environ[cfg.auth_token_env] if cfg.auth_token_env else None
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
     return serve.run(build_app(cfg, token_digest(token) if token else None), name=cfg.app_name, route_prefix="/")
 
 

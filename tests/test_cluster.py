@@ -1,5 +1,6 @@
 """The cluster path for real (slow tier, `make cluster-test`): two Ray nodes on this machine, token auth, jobs
-submitted through the job API, the sampler role pinned to the second node, the metrics endpoint scraped.
+submitted through the job API (dataset build, GRPO with the sampler role pinned to the second node, reward training,
+evaluation, the reward service deployed and scored over HTTP), the metrics endpoint scraped while they run.
 
 The head is `ray start --head` on 127.0.0.1 with its own ports and temp dir, token authentication on
 (RAY_AUTH_MODE=token, the token in a file named by RAY_AUTH_TOKEN_PATH); the second node joins it and offers
@@ -148,7 +149,7 @@ class Scraper(threading.Thread):
         while not self._halt.is_set():
             for url in self.urls:
                 try:
-                    self.seen |= set(re.findall(r"^(ray_spatialrl_\w+?)(?:\{| )", _get(url), re.M))
+                    self.seen |= set(re.findall(r"^(ray_spatialrl_\w+)(?:\{| )", _get(url), re.M))
                     self.scrapes += 1
                 except OSError:
                     pass
@@ -196,8 +197,42 @@ def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(clust
            str(data / "prompts_test.jsonl"), "--model", "tiny-pretrained", "--limit", "2", "--images-per-prompt",
            "1", "--set", "generation.steps=3", "--set", "chunk_prompts=1", "--out", str(ev))
     assert (ev / "report.html").is_file()
+    # the reward service (Ray Serve) from that checkpoint, deployed by a submitted job that returns (--detach), with
+    # a bearer token passed in the job's runtime_env; then scored over HTTP as a client would
+    port, = free_ports(1)
+    service_token = secrets.token_hex(8)
+    out = submit(cluster, "python", "-m", "jobs.serve_reward", "--checkpoint", str(rm / "final"), "--detach",
+                 "--set", f"port={port}", "--set", "auth_token_env=SPATIALSCORE_TOKEN", "--set", "threads=1",
+                 "--set", "replicas.num_cpus=0.5", runtime_env={"env_vars": {"SPATIALSCORE_TOKEN": service_token}})
+    assert "detached" in out, out
+    from PIL import Image
+
+    from spatialrl.reward.api import encode_image_b64
+
+    prompts = [json.loads(line)["prompt"] for line in (data / "prompts_test.jsonl").read_text().splitlines()[:2]]
+    request = json.dumps({"items": [{"prompt": p, "image": encode_image_b64(Image.new("RGB", (64, 64), (i * 90, 40, 200)))}
+                                    for i, p in enumerate(prompts)]}).encode()
+
+    def score(token):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/score", data=request, method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    for _ in range(3):
+        scores = score(service_token)["scores"]
+        assert len(scores) == 2 and all(isinstance(x, float) for x in scores), scores
+    with pytest.raises(urllib.error.HTTPError) as err:
+        score("wrong-token")
+    assert err.value.code == 401
+    deadline = time.time() + 45  # the replica's counters reach its node's endpoint at the next export
+    while time.time() < deadline and not any(n.startswith("ray_spatialrl_serve_latency_ms") for n in scraper.seen):
+        time.sleep(1)
     # the jobs' gauges reached a metrics endpoint as ray_spatialrl_* series while they ran (as Prometheus sees them)
     scraper.stop()
     wanted = {f"ray_spatialrl_{n}" for n in ("reward_mean", "topk_kept_fraction", "dataset_pairs", "dataset_pairs_per_s",
-                                             "loss_reward", "val_accuracy", "eval_base_images_per_s")}
-    assert wanted <= scraper.seen, f"never scraped: {sorted(wanted - scraper.seen)} (scrapes: {scraper.scrapes})"
+                                             "loss_reward", "val_accuracy", "eval_base_images_per_s",
+                                             "serve_requests", "serve_items", "serve_latency_ms")}
+    # counters and histograms carry a suffix on the endpoint (_total, _bucket, ...): match by prefix
+    missing = sorted(w for w in wanted if not any(n == w or n.startswith(w + "_") for n in scraper.seen))
+    assert not missing, f"never scraped: {missing} (scrapes: {scraper.scrapes}; seen: {sorted(scraper.seen)})"

@@ -114,6 +114,8 @@ def test_config_validation(monkeypatch):
         ServeRewardConfig().validate()
     with pytest.raises(ConfigError, match="port=0"):
         ServeRewardConfig(checkpoint="x", port=0).validate()
+    with pytest.raises(ConfigError, match="HeadOnly .* or EveryNode"):
+        ServeRewardConfig(checkpoint="x", proxy_location="Everywhere").validate()
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
     with pytest.raises(ConfigError, match="export NO_SUCH_TOKEN_VAR"):
         ServeRewardConfig(checkpoint="x", auth_token_env="NO_SUCH_TOKEN_VAR").validate()

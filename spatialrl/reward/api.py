@@ -104,6 +104,9 @@ class ServeRewardConfig:
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's OUT/final)
     host: str = "127.0.0.1"  # HTTP bind address; 0.0.0.0 exposes the service to the network (set a token)
     port: int = 8000
+    # Where Serve runs HTTP proxies: HeadOnly (one proxy, on the head node) or EveryNode (one per node, each
+    # binding host:port there; for a cluster of separate machines behind a load balancer, with host 0.0.0.0)
+    proxy_location: str = "HeadOnly"
     app_name: str = "spatialscore"
     device: str = "auto"
     scorer_batch_size: int = 16  # images per forward pass inside a replica (SpatialScorer's chunks)
@@ -120,6 +123,9 @@ class ServeRewardConfig:
                               "(jobs.train_reward writes OUT/final)")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port={self.port}: use a TCP port in 1..65535, e.g. 8000")
+        if self.proxy_location not in ("HeadOnly", "EveryNode"):
+            raise ConfigError(f"proxy_location={self.proxy_location!r}: use HeadOnly (one HTTP proxy, on the head "
+                              f"node) or EveryNode (one per node)")
         if not self.host:
             raise ConfigError("host is empty: use 127.0.0.1 (this machine only) or 0.0.0.0 (all interfaces)")
         if self.threads < 0:
