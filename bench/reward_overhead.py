@@ -30,7 +30,7 @@ from spatialrl.config import load_config
 
 
 def run_ray(cfg_path: str, data: Path, out: Path, steps: int) -> dict:
-    from jobs.train_reward import TrainRewardConfig
+    from spatialrl.reward.training import TrainRewardConfig
     from spatialrl.metrics import read_metrics
 
     cmd = [sys.executable, "-m", "jobs.train_reward", "--config", cfg_path, "--data", str(data), "--out", str(out),
@@ -56,7 +56,7 @@ def run_plain(cfg_path: str, data: Path, steps: int) -> dict:
     import pyarrow.parquet as pq
 
     from data_pipeline.dataset_io import split_dir
-    from jobs.train_reward import TrainRewardConfig
+    from spatialrl.reward.training import TrainRewardConfig
     from spatialrl.reward.model import SpatialRewardModel, pair_loss_from_scores
     from spatialrl.reward.reader import READ_COLUMNS, PairCollator, PairPreprocessor
 

@@ -1,4 +1,4 @@
-"""spatialrl.flux.evaluation's paired gain, worked by hand."""
+"""spatialrl.flux.evaluation's paired gain and image grid, worked by hand."""
 
 import math
 
@@ -16,3 +16,21 @@ def test_paired_gain_by_hand():
     assert paired_gain([None], [1.0])[2] == 0 and math.isnan(paired_gain([0.0], [1.0])[1])
     with pytest.raises(ValueError, match="not the same evaluation"):
         paired_gain([0, 1], [1])
+
+
+def test_image_grid_places_images_row_major_with_white_gaps():
+    import numpy as np
+
+    from spatialrl.flux.evaluation import image_grid
+
+    images = np.array([[[[10, 20, 30]]], [[[40, 50, 60]]], [[[70, 80, 90]]], [[[1, 2, 3]]]], dtype=np.uint8)
+    grid = np.asarray(image_grid(images, rows=2, pad=1))  # 2 x 2 one-pixel images, 1-pixel gaps: 5 x 5
+    assert grid.shape == (5, 5, 3)
+    assert grid[1, 1].tolist() == [10, 20, 30] and grid[1, 3].tolist() == [40, 50, 60]
+    assert grid[3, 1].tolist() == [70, 80, 90] and grid[3, 3].tolist() == [1, 2, 3]
+    gaps = np.ones((5, 5), bool)
+    gaps[1::2, 1::2] = False
+    assert (grid[gaps] == 255).all()
+    assert np.asarray(image_grid(images[:1], rows=1, pad=1)).shape == (3, 3, 3)  # a lone image keeps its border
+    with pytest.raises(ValueError, match="do not fill 3 rows"):
+        image_grid(images, rows=3)

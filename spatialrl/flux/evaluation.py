@@ -94,14 +94,21 @@ def verify_images(rows: list[dict], images: np.ndarray, k: int) -> tuple[dict | 
 
 
 def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
-    """[rows * cols, H, W, 3] uint8 -> one image, row r = images r*cols .. r*cols + cols - 1."""
+    """[rows * cols, H, W, 3] uint8 -> one image, row r = images r*cols .. r*cols + cols - 1, white gaps of `pad`
+    pixels (torchvision's make_grid)."""
+    import torch
+    from torchvision.utils import make_grid
+
+    if len(images) == 0 or len(images) % rows:
+        raise ValueError(f"{len(images)} images do not fill {rows} rows")
     cols = len(images) // rows
-    h, w = images.shape[1:3]
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
-    return Image.fromarray(grid)
+    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if len(images) == 1:  # make_grid returns a lone image without its border
+        chw = torch.cat([chw, torch.full_like(chw, 255)])
+        grid = make_grid(chw, nrow=2, padding=pad, pad_value=255)[:, :, : pad + chw.shape[3] + pad]
+    else:
+        grid = make_grid(chw, nrow=cols, padding=pad, pad_value=255)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
 def paired_gain(before: list, after: list) -> tuple[float, float, int]:
