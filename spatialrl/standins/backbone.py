@@ -1,12 +1,10 @@
 """Pretraining of the tiny Qwen2.5-VL backbone on the spatial world: grounding and spatial questions.
 
-The real SpatialScore starts from Qwen2.5-VL-7B, a VLM that already grounds objects and reads spatial
-relations because its own pretraining had dense supervision for it (boxes as text, captions, VQA). A tiny
-random Qwen2.5-VL has none of that, and a pairwise reward loss alone does not teach it: measured here, it
-learned colour binding in 90 s but sat at chance on left/right/above/below for 7+ minutes (position reaches
-the language model only through M-RoPE; a long plateau). This module gives the tiny model the same kind of
-dense supervision a real VLM gets, on spatial-world scenes, so the reward-model recipe can start from a
-pretrained backbone exactly as the paper does.
+The real SpatialScore starts from Qwen2.5-VL-7B, which already grounds objects and reads spatial relations
+from its own densely supervised pretraining (boxes as text, captions, VQA). A tiny random Qwen2.5-VL has none of
+that, and a pairwise reward loss alone does not teach it (the measurements: the RECIPE.md beside the shipped
+backbone). This module gives the tiny model that kind of dense supervision on spatial-world scenes, so the
+reward-model recipe can start from a pretrained backbone as the paper's does.
 
 One training example = one rendered scene and one chat turn, the answer written in the assistant turn:
 
@@ -40,8 +38,7 @@ Qwen's theta 1e6 leaves the width section no usable frequency on a 6-token-wide 
 tokenizer learned here on spatial scene text (every word of the world's prompts is one token, as in a real
 150k vocabulary) and the stock Qwen2.5-VL processor, saved with `save_pretrained` in the Hugging Face layout
 (weights in float16). Every processor key goes to the model (mm_token_type_ids included: M-RoPE needs it).
-What it learned and what it did not (relation questions stayed at chance):
-assets/tiny-pretrained/qwen2_5_vl/RECIPE.md.
+What it learned and what it did not: assets/tiny-pretrained/qwen2_5_vl/RECIPE.md.
 
 Run: `python -m jobs.pretrain_backbone --config configs/backbone_tiny.yaml --out DIR`.
 Tests: `.venv/bin/python -m pytest tests/test_pretrain_backbone.py -q`.

@@ -6,8 +6,7 @@ the job that runs it: `jobs/pretrain_generator.py`. It is the `tiny-pretrained` 
 trained from `configs/generator_toy.yaml`): the paper's starting point (FLUX.1-dev) in miniature, meant to draw the
 objects right and the relations imperfectly, for the demo's GRPO to improve.
 
-What the shipped model draws (object presence 0.82, relation accuracy 0.56 on held-out prompts, with true
-classifier-free guidance), the stages that made it and the runs that did not work:
+What the shipped model draws, the stages that made it and the runs that did not work:
 `assets/tiny-pretrained/flux/RECIPE.md`.
 
 Stages (each a plain function, run top to bottom by `pretrain`):
@@ -24,8 +23,8 @@ Stages (each a plain function, run top to bottom by `pretrain`):
    exactly as `FluxPipeline.encode_prompt` does at `text.max_sequence_length` tokens; EMA weights are saved;
 5. save: `FluxPipeline.save_pretrained` (safetensors, float16 storage; loads into float32).
 
-Departures from Flux: the VAE downsamples 4x (two down blocks), not 8x: measured here, a 0.3M-parameter 8x VAE
-loses the colours (31% object presence after 2 min), a 4x one keeps them (99%); FluxPipeline and FluxSampler
+Departures from Flux: the VAE downsamples 4x (two down blocks), not 8x, because a 0.3M-parameter 8x VAE loses
+the colours (measured: RECIPE.md); FluxPipeline and FluxSampler
 read the factor from the VAE's block count. Guidance is an input the toy was trained with at one value (3.5):
 it is not guidance-distilled, so other values are out of distribution; sample it with true classifier-free
 guidance instead (`cond_dropout` trains the unconditional model it needs). Text is padded to
