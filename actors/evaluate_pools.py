@@ -39,14 +39,15 @@ def set_lora(gens: list, lora: str) -> None:
 
 
 def run_pass(gens: list, judges: list, items: list, *, images_per_prompt: int, seed: int,
-             chunk_prompts: int) -> tuple[np.ndarray, list[dict]]:
-    """Sample K images per item with the ODE and judge them; (images [P*K, H, W, 3], one result per image)."""
+             chunk_prompts: int, noise_level: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """Sample K images per item (the ODE unless `noise_level` > 0: the SDE, its noise seeded too) and judge them;
+    (images [P*K, H, W, 3], one result per image)."""
     k = images_per_prompt
     refs = []
     for c, start in enumerate(range(0, len(items), chunk_prompts)):
         chunk = items[start:start + chunk_prompts]
         traj = gens[c % len(gens)].sample.remote([it.prompt for it in chunk], seed=seed + start * k, group_size=k,
-                                                  noise_level=0.0)
+                                                  noise_level=noise_level)
         per_image = [it for it in chunk for _ in range(k)]
         refs.append(judges[c % len(judges)].judge_trajectory.remote(traj, per_image))
     done = ray.get(refs)

@@ -44,7 +44,7 @@ from spatialrl.reward.judges import JudgeConfig
 
 @dataclass
 class GenerationConfig:
-    """The generator and how it samples (the ODE: evaluation is deterministic given the seeds)."""
+    """The generator and how it samples (the ODE by default; deterministic given the seeds either way)."""
 
     model: str = "tiny-pretrained"  # preset, hub id or diffusers folder
     lora: str | None = None  # diffusers-format LoRA folder: adds the "lora" variant beside "base"
@@ -54,6 +54,10 @@ class GenerationConfig:
     resolution: int | None = None  # None: the model's VAE sample_size (64 for tiny-pretrained, 1024 FLUX.1-dev)
     guidance: float = 3.5
     true_cfg_scale: float = 1.0  # tiny-pretrained: 3-4 (it is not guidance-distilled)
+    # 0 = the ODE (the benchmarks' protocol). > 0: GRPO's SDE at that noise level (on the first sde_steps steps,
+    # 0 = all), e.g. to tell a gain that does not carry over to the ODE from one that does not reach new prompts
+    noise_level: float = 0.0
+    sde_steps: int = 0
     negative_prompt: str = ""
     max_sequence_length: int = 512  # tiny-pretrained: 96
     batch_size: int = 4
@@ -65,6 +69,10 @@ class GenerationConfig:
             raise ConfigError(f"generation.images_per_prompt={self.images_per_prompt}: use 1 or more")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("generation.steps and generation.batch_size must be >= 1")
+        if not 0 <= self.noise_level < 10:
+            raise ConfigError(f"generation.noise_level={self.noise_level}: use 0 (the ODE) or GRPO's SDE level, e.g. 0.7")
+        if not 0 <= self.sde_steps <= self.steps:
+            raise ConfigError(f"generation.sde_steps={self.sde_steps}: use 0 (SDE on every step) or 1..generation.steps")
 
 
 @dataclass
@@ -158,7 +166,8 @@ def sampler_config(cfg: EvaluateConfig):
     g = cfg.generation
     return FluxSamplerConfig(
         model=str(repo_path(g.model)) if repo_path(g.model).is_dir() else g.model,
-        resolution=g.resolution or native_resolution(g.model), num_steps=g.steps, noise_level=0.0,
+        resolution=g.resolution or native_resolution(g.model), num_steps=g.steps, noise_level=g.noise_level,
+        sde_steps=g.sde_steps,
         guidance=g.guidance, true_cfg_scale=g.true_cfg_scale, negative_prompt=g.negative_prompt,
         group_size=cfg.images_per_prompt, batch_size=g.batch_size, seed=g.seed, dtype=g.dtype, device=g.device,
         max_sequence_length=g.max_sequence_length,
@@ -199,7 +208,10 @@ def settings_of(cfg: EvaluateConfig, argv: list[str], resolution: int, n_items: 
     return {
         "benchmark": cfg.benchmark, "command": "python -m jobs.evaluate " + " ".join(argv),
         "seeds": f"image (prompt p, sample k) uses seed {cfg.generation.seed} + p * {cfg.images_per_prompt} + k "
-                 "(p = position among the evaluated prompts), ODE sampling, for base and LoRA alike",
+                 "(p = position among the evaluated prompts), "
+                 + (f"SDE sampling at noise {cfg.generation.noise_level} on "
+                    f"{cfg.generation.sde_steps or 'all'} steps (its noise seeded the same way)"
+                    if cfg.generation.noise_level else "ODE sampling") + ", for base and LoRA alike",
         "resolution": resolution, "prompts_evaluated": n_items, "images_per_prompt": cfg.images_per_prompt,
         "git_commit": commit, "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                                            "diffusers": diffusers.__version__,
@@ -270,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                     set_lora(gens, str(repo_path(cfg.generation.lora)))
                 t_pass = time.time()
                 variants[variant] = run_pass(gens, judges, items, images_per_prompt=k, seed=cfg.generation.seed,
-                                             chunk_prompts=cfg.chunk_prompts)
+                                             chunk_prompts=cfg.chunk_prompts,
+                                             noise_level=cfg.generation.noise_level)
                 n = len(variants[variant][0])
                 print(f"{variant}: {n} images judged ({time.time() - t0:.0f} s)")
                 metrics.log(0, {f"eval/{variant}/images": n,

@@ -34,3 +34,17 @@ def test_image_grid_places_images_row_major_with_white_gaps():
     assert np.asarray(image_grid(images[:1], rows=1, pad=1)).shape == (3, 3, 3)  # a lone image keeps its border
     with pytest.raises(ValueError, match="do not fill 3 rows"):
         image_grid(images, rows=3)
+
+
+def test_evaluate_samples_with_grpos_sde_when_asked():
+    from jobs.evaluate import EvaluateConfig, sampler_config
+    from spatialrl.config import ConfigError
+
+    cfg = EvaluateConfig(benchmark="spatialworld", prompts="p.jsonl")
+    assert sampler_config(cfg).noise_level == 0.0  # the benchmarks' protocol: the ODE
+    cfg.generation.noise_level, cfg.generation.sde_steps = 0.7, 2
+    s = sampler_config(cfg)
+    assert (s.noise_level, s.sde_steps) == (0.7, 2)
+    cfg.generation.sde_steps = 99
+    with pytest.raises(ConfigError, match="generation.sde_steps=99"):
+        cfg.generation.validate()
