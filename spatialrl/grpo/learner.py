@@ -21,7 +21,6 @@ Weights leave as a peft state dict of the LoRA (`lora_state`), tagged with a ver
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -317,10 +316,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def lora_num_params(state: dict[str, torch.Tensor]) -> int:
-    return int(sum(math.prod(v.shape) for v in state.values()))
 
 
 def micro_batches(batch_sizes: list[int], selections: list[TrainSelection], rank: int, world_size: int):

@@ -51,21 +51,3 @@ def scoring_bytes_per_row(config, seq_len: int, image_size: int, dtype_bytes: in
         scores = max(heads * seq_len ** 2, int(vision.num_heads) * patches ** 2) * 4
     embeds = seq_len * h * dtype_bytes + patches * hv * dtype_bytes  # inputs_embeds and the patch embeddings
     return int(lm + vit + scores + embeds)
-
-
-def training_bytes_per_row(config, seq_len: int, image_size: int, dtype_bytes: int = 2,
-                           checkpointing: bool = False) -> int:
-    """Activation bytes one row keeps for the backward of a LoRA fine-tune: Korthikanti et al.'s 34 s h bytes per
-    transformer layer in 16-bit (flash attention: no s^2 term; scaled by dtype_bytes / 2), LM layers over the
-    sequence plus vision blocks over the patches; with activation checkpointing only each layer's input (2 s h
-    bytes) plus one layer's working set."""
-    text = _text(config)
-    vision = config.vision_config
-    h, layers = int(text.hidden_size), int(text.num_hidden_layers)
-    hv, depth = int(vision.hidden_size), int(vision.depth)
-    patches = image_patches(config, image_size)
-    scale = dtype_bytes / 2
-    per_lm, per_vit = 34 * seq_len * h * scale, 34 * patches * hv * scale
-    if checkpointing:
-        return int(layers * 2 * seq_len * h * scale + depth * 2 * patches * hv * scale + max(per_lm, per_vit))
-    return int(layers * per_lm + depth * per_vit)
