@@ -447,6 +447,9 @@ def main():
     p.add_argument("--relation-layers", default="0,0",
                    help="where those sets are trained, one layer per set (two: right-of, below; four: also left-of, "
                         "above): 0 = the vision tower's output (not causal), >0 = LM layers")
+    p.add_argument("--relation-readout", choices=["lens", "linear"], default="lens",
+                   help="lens: every set through the bare logit lens (they share one distribution per token); "
+                        "linear: each set through its own identity-initialised linear map first (discarded after)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=16)
@@ -490,7 +493,15 @@ def main():
         for layer in set(hint_layers):
             model.model.language_model.layers[layer - 1].register_forward_hook(
                 lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    readouts = None
+    if args.relation_loss > 0 and args.relation_readout == "linear":
+        hidden_size = model.config.text_config.hidden_size
+        readouts = torch.nn.ModuleList(torch.nn.Linear(hidden_size, hidden_size) for _ in data.relation_loss_layers)
+        for lin in readouts:
+            torch.nn.init.eye_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+    trained = list(model.parameters()) + (list(readouts.parameters()) if readouts is not None else [])
+    opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     text = model.config.text_config
     n_params = sum(q.numel() for q in model.parameters())
     print(f"model {n_params / 1e6:.2f}M params, LM {text.num_hidden_layers} layers x {text.num_attention_heads} heads "
@@ -521,14 +532,14 @@ def main():
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)])
         hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set") if k in batch}
         captured.clear()
-        loss, parts = pretrain_loss(model, batch, encoder, data)
+        loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
         if args.hint_loss > 0 and hints:
             h = hint_loss(model, encoder, captured, hints, hint_layers)
             parts["loss/hint"] = h.item()
             loss = loss + args.hint_loss * h
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         scenes += args.batch

@@ -178,3 +178,38 @@ def test_reward_model_builds_on_the_shipped_backbone(shipped):
     images = [decode_image(pair["chosen_image"]), decode_image(pair["rejected_image"])]
     scores = scorer.score([pair["prompt"]] * 2, images)
     assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]
+
+
+def test_word_set_loss_reads_through_a_readout_when_given():
+    """The bare logit lens vs a per-set read-out: an identity read-out changes nothing; a trained one gets the
+    gradient (so several sets at one hidden state need not share one distribution)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from spatialrl.standins.backbone import word_set_loss
+
+    torch.manual_seed(0)
+    hidden_size, vocab = 8, 11
+    model = SimpleNamespace(config=SimpleNamespace(image_token_id=7), lm_head=torch.nn.Linear(hidden_size, vocab),
+                            model=SimpleNamespace(language_model=SimpleNamespace(norm=torch.nn.LayerNorm(hidden_size))))
+    batch = {"input_ids": torch.tensor([[1, 7, 7, 2], [7, 3, 7, 4]])}  # two image tokens per row
+    hidden = torch.randn(2, 4, hidden_size)
+    target = torch.zeros(2, 2, 3)
+    target[0, 0, 1] = target[1, 1, 2] = 1.0
+    target[0, 1, :2] = 0.5  # a soft set; token [1, 0] keeps an empty one: skipped
+    words = torch.tensor([0, 5, 9])
+    bare = word_set_loss(model, batch, hidden, target, words)
+    identity = torch.nn.Linear(hidden_size, hidden_size)
+    torch.nn.init.eye_(identity.weight)
+    torch.nn.init.zeros_(identity.bias)
+    assert torch.allclose(word_set_loss(model, batch, hidden, target, words, identity), bare)
+    # by hand: the mean over the three non-empty tokens of -sum target * log softmax(lens)[words]
+    logp = torch.log_softmax(model.lm_head(model.model.language_model.norm(hidden)), -1)[..., words]
+    h_tokens = [(0, 1, 0), (0, 2, 1), (1, 2, 1)]  # (row, position, image-token index)
+    expected = -sum((target[b, t] * logp[b, pos]).sum() for b, pos, t in h_tokens) / 3
+    assert torch.allclose(bare, expected)
+    other = torch.nn.Linear(hidden_size, hidden_size)
+    loss = word_set_loss(model, batch, hidden, target, words, other)
+    loss.backward()
+    assert not torch.allclose(loss, bare) and other.weight.grad.abs().sum() > 0

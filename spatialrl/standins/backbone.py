@@ -604,11 +604,16 @@ def backbone_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.model(**inputs, use_cache=False, return_dict=True).last_hidden_state
 
 
-def word_set_loss(model, batch, hidden: torch.Tensor, target: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+def word_set_loss(model, batch, hidden: torch.Tensor, target: torch.Tensor, word_ids: torch.Tensor,
+                  readout: torch.nn.Module | None = None) -> torch.Tensor:
     """Soft cross-entropy of the LM head at each image token (logit lens, after the final norm) against a
-    distribution over `word_ids` ([B, T, W], tokens in the processor's raster order); all-zero rows are skipped."""
+    distribution over `word_ids` ([B, T, W], tokens in the processor's raster order); all-zero rows are skipped.
+    `readout` (a module on the hidden state, e.g. a linear map) reads the target through its own view of the
+    token instead of the bare lens, so several targets at one hidden state need not share one distribution."""
     image = batch["input_ids"] == model.config.image_token_id  # [B, L]
     h = hidden[image].view(target.shape[0], target.shape[1], -1)  # [B, T, H]
+    if readout is not None:
+        h = readout(h)
     logp = torch.log_softmax(model.lm_head(model.model.language_model.norm(h)).float(), dim=-1)[..., word_ids]
     rows = target.sum(-1) > 0  # [B, T]
     return -(target * logp).sum(-1)[rows].mean() if rows.any() else hidden.sum() * 0
@@ -717,9 +722,13 @@ def evaluate(model, encoder: ExampleEncoder, examples: list[Example], batch_size
     return out
 
 
-def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder,
-                  data: PretrainDataConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Answer-token cross-entropy + the weighted per-image-token losses; and each part as a number."""
+RELATION_SETS = ("right_of", "below", "left_of", "above")  # the order of relation_targets' set axis
+
+
+def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder, data: PretrainDataConfig,
+                  relation_readouts: list[torch.nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Answer-token cross-entropy + the weighted per-image-token losses; and each part as a number.
+    `relation_readouts`: one module per relation set (see word_set_loss), or None for the bare logit lens."""
     layers = [w for w in (data.patch_loss_weight, data.position_loss_weight, data.relation_loss_weight) if w > 0]
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
     out = model.model(**inputs, use_cache=False, return_dict=True, output_hidden_states=bool(layers))
@@ -732,9 +741,12 @@ def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder
         parts["loss/patch"] = patch.item()
         loss = loss + data.patch_loss_weight * patch
     if data.relation_loss_weight > 0:
-        rel = sum(word_set_loss(model, batch, out.hidden_states[layer], batch["relation_targets"][:, :, r],
-                                encoder.relation_word_ids) for r, layer in enumerate(data.relation_loss_layers))
+        per_set = [word_set_loss(model, batch, out.hidden_states[layer], batch["relation_targets"][:, :, r],
+                                 encoder.relation_word_ids, relation_readouts[r] if relation_readouts else None)
+                   for r, layer in enumerate(data.relation_loss_layers)]
+        rel = sum(per_set)
         parts["loss/relation"] = rel.item()
+        parts.update({f"loss/relation/{RELATION_SETS[r]}": x.item() for r, x in enumerate(per_set)})
         loss = loss + data.relation_loss_weight * rel
     if data.position_loss_weight > 0:
         pos = position_loss(model, batch, out.hidden_states[data.position_loss_layer], encoder)
