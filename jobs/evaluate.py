@@ -58,6 +58,7 @@ class GenerationConfig:
     # 0 = all), e.g. to tell a gain that does not carry over to the ODE from one that does not reach new prompts
     noise_level: float = 0.0
     sde_steps: int = 0
+    sde_type: str = "flow_grpo"  # or cps (sampler.sde_type)
     negative_prompt: str = ""
     max_sequence_length: int = 512  # tiny-pretrained: 96
     batch_size: int = 4
@@ -167,7 +168,7 @@ def sampler_config(cfg: EvaluateConfig):
     return FluxSamplerConfig(
         model=str(repo_path(g.model)) if repo_path(g.model).is_dir() else g.model,
         resolution=g.resolution or native_resolution(g.model), num_steps=g.steps, noise_level=g.noise_level,
-        sde_steps=g.sde_steps,
+        sde_steps=g.sde_steps, sde_type=g.sde_type,
         guidance=g.guidance, true_cfg_scale=g.true_cfg_scale, negative_prompt=g.negative_prompt,
         group_size=cfg.images_per_prompt, batch_size=g.batch_size, seed=g.seed, dtype=g.dtype, device=g.device,
         max_sequence_length=g.max_sequence_length,

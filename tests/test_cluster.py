@@ -61,6 +61,10 @@ def cluster(tmp_path_factory):
     # /tmp/pytest-of-USER/pytest-NN/cluster0/ray/session_<date>_<pid>/sockets/dash_MetricsHead passed it once NN
     # had two digits (the dashboard's MetricsHead then fails to start), so Ray gets a short folder of its own
     ray_tmp = tempfile.mkdtemp(prefix="srl-", dir="/tmp")
+    # and the second node a folder of its own, as a second machine would have: sharing one session folder, its
+    # runtime-env agent re-extracted a job's working_dir that the head's agent had already unpacked (remove, then
+    # unpack), pulling the folder from under the running driver (its cwd vanished: os.getcwd() failed)
+    worker_tmp = tempfile.mkdtemp(prefix="srl-w-", dir="/tmp")
 
     def start(args, log):
         p = subprocess.Popen([ray_bin, "start", *args, *common], env=env, stdout=open(tmp / log, "w"),
@@ -74,7 +78,7 @@ def cluster(tmp_path_factory):
     dashboard = f"http://127.0.0.1:{dash}"
     _wait_for(lambda: _get(f"{dashboard}/api/version", token_file.read_text()), 120, "the head's dashboard")
     start(["--address", f"127.0.0.1:{gcs}", "--num-cpus", "1", "--resources", json.dumps({"sampler_node": 1}),
-           "--metrics-export-port", str(m2)], "worker.log")
+           "--metrics-export-port", str(m2), "--temp-dir", worker_tmp], "worker.log")
     _wait_for(lambda: _alive_nodes(dashboard, token_file.read_text()) >= 2, 120, "the second node")
     yield {"tmp": tmp, "env": env, "dashboard": dashboard, "token": token_file.read_text(),
            "metrics": [f"http://127.0.0.1:{m1}/metrics", f"http://127.0.0.1:{m2}/metrics"], "ray": ray_bin}
@@ -88,7 +92,7 @@ def cluster(tmp_path_factory):
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
-    print(f"the nodes' logs: {ray_tmp}/session_latest/logs")  # kept, as pytest keeps its own tmp folders
+    print(f"the nodes' logs: {ray_tmp}/session_latest/logs, {worker_tmp}/session_latest/logs")  # kept, as pytest keeps its own tmp folders
 
 
 def _get(url: str, token: str | None = None, timeout: float = 10) -> str:

@@ -17,6 +17,9 @@ import torch
 
 from spatialrl.flux.math import (
     calculate_shift,
+    cps_std,
+    kl_std,
+    sde_window,
     flux_sigmas,
     latent_image_ids,
     ode_step,
@@ -207,3 +210,48 @@ def test_latent_image_ids():
 
     ref = FluxPipeline._prepare_latent_image_ids(1, 4, 5, "cpu", torch.bfloat16)
     assert torch.equal(latent_image_ids(4, 5, dtype=torch.bfloat16), ref)
+
+
+def test_cps_step_hand_worked():
+    # x = 1, v = -1, t = 0.5, t' = 0.25, eta = 0.5: sin = cos = 1 / sqrt 2
+    #   x0 = x - t v = 1.5, x1 = x + (1 - t) v = 0.5
+    #   mean = (1 - t') x0 + t' cos x1 = 1.125 + 0.25 * 0.5 / sqrt 2 = 1.2133883;  std = t' sin = 0.1767767
+    #   eps = 2 -> x_next = mean + 0.3535534
+    #   log p = -(2 std)^2 / (2 std^2) - log std - log sqrt(2 pi) = -2 - log 0.1767767 - 0.918939 = -1.186071
+    x, v = torch.ones(1, 1), -torch.ones(1, 1)
+    x_next, lp, mean, std = sde_step(x, v, 0.5, 0.25, 0.5, noise=torch.full((1, 1), 2.0), kind="cps")
+    r = 1 / math.sqrt(2)
+    assert mean.item() == pytest.approx(1.125 + 0.125 * r, abs=1e-6) and std.item() == pytest.approx(0.25 * r, abs=1e-7)
+    assert x_next.item() == pytest.approx(1.125 + 0.125 * r + 0.5 * r, abs=1e-6)
+    assert lp.item() == pytest.approx(-2 - math.log(0.25 * r) - LOG_SQRT_2PI, abs=1e-5)
+    again, lp2, _, _ = sde_step(x, v, 0.5, 0.25, 0.5, prev_sample=x_next, kind="cps")
+    assert torch.equal(again, x_next) and torch.equal(lp, lp2)
+    assert torch.equal(cps_std(torch.tensor(0.25), 0.5), std.reshape(()))
+    assert kl_std(torch.tensor(0.5), torch.tensor(0.25), 0.5, "cps").item() == pytest.approx(0.25 * r, abs=1e-7)
+
+
+def test_cps_keeps_the_schedules_noise_level_and_flow_grpo_adds_to_it():
+    """With the exact velocity of x_t = (1 - t) x0 + t eps (v = eps - x0), a CPS step lands on the schedule:
+    x_t' - (1 - t') x0 has std t' over draws. Flow-GRPO's step, at this coarse step, leaves more noise."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 1), 0.3)
+    eps = torch.randn(20000, 1, generator=g)
+    t, t_next = 0.6, 0.3
+    x, v = (1 - t) * x0 + t * eps, eps - x0
+    cps, _, _, _ = sde_step(x, v, t, t_next, 0.8, generator=g, kind="cps")
+    assert (cps - (1 - t_next) * x0).std().item() == pytest.approx(t_next, rel=0.02)
+    assert (cps - (1 - t_next) * x0).mean().item() == pytest.approx(0.0, abs=0.01)
+    flow, _, _, _ = sde_step(x, v, t, t_next, 0.8, generator=g)
+    assert (flow - (1 - t_next) * x0).std().item() > 1.1 * t_next
+
+
+def test_cps_refuses_a_step_into_sigma_zero_and_an_eta_above_one():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="deterministic"):
+        sde_step(x, x, 0.2, 0.0, 0.7, kind="cps")
+    with pytest.raises(ValueError, match="eta in"):
+        sde_step(x, x, 0.5, 0.25, 1.5, kind="cps")
+    with pytest.raises(ValueError, match="kind="):
+        sde_step(x, x, 0.5, 0.25, 0.5, kind="ddim")
+    assert [sde_window(4, k, 0.7, "cps") for k in (0, 2, 3)] == [3, 2, 3]
+    assert [sde_window(4, k, 0.7) for k in (0, 2, 4)] == [4, 2, 4] and sde_window(4, 0, 0.0, "cps") == 0

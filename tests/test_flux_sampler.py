@@ -227,6 +227,22 @@ def test_sde_window_is_sde_then_exactly_the_ode():
         FluxSamplerConfig(num_steps=4, sde_steps=5).validate()
 
 
+def test_cps_sampler_trains_every_step_but_the_last_and_recomputes_exactly():
+    cps = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7, sde_type="cps"))
+    tr = cps.sample(PROMPTS[:1], seed=3)
+    assert tr.sde_type == "cps" and tr.sde_window == 3  # the step into sigma 0 is deterministic
+    assert torch.isfinite(tr.log_probs[:, :3]).all() and torch.isnan(tr.log_probs[:, 3]).all()
+    assert torch.equal(cps.recompute_log_probs(tr), tr.log_probs[:, :3])
+    flow = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7)).sample(PROMPTS[:1], seed=3)
+    assert not torch.equal(flow.latents[:, -1], tr.latents[:, -1])  # another step, from the same noise
+    with pytest.raises(ConfigError, match="eta in"):
+        FluxSamplerConfig(noise_level=1.5, sde_type="cps").validate()
+    with pytest.raises(ConfigError, match="sde_steps=4 with sde_type=cps"):
+        FluxSamplerConfig(num_steps=4, sde_steps=4, sde_type="cps").validate()
+    with pytest.raises(ConfigError, match="sde_type='ddim'"):
+        FluxSamplerConfig(sde_type="ddim").validate()
+
+
 def test_config_is_validated():
     with pytest.raises(ConfigError, match="multiple of 16"):
         FluxSamplerConfig(resolution=100).validate()

@@ -9,11 +9,15 @@ unchanged for Flux).
 - `sde_step(x, v, sigma, sigma_next, noise_level)`: one Flow-GRPO SDE transition and its log-prob (the Gaussian
   log-density *averaged* over latent elements, one number per sample). With `prev_sample` it scores a stored
   transition instead of drawing one (the learner's ratio). All arithmetic in fp32, whatever the model dtype.
+  `kind="cps"` is the coefficients-preserving step instead (Wang & Yu 2025, "Coefficients-Preserving Sampling
+  for Reinforcement Learning with Flow Matching"): it re-noises the predicted clean latent to exactly sigma_next's
+  noise level, so an SDE sample is as clean as an ODE one (Flow-GRPO's step adds more noise than the schedule
+  removes at coarse step counts, and a policy can then gain reward by undoing that noise).
 - `ode_step(x, v, sigma, sigma_next)`: plain Euler (noise level 0), the same float32 operations as the
   scheduler's `step`, so evaluation reproduces the stock pipeline exactly.
 - `pack_latents` / `unpack_latents` / `latent_image_ids`: Flux's 2x2 patch tokens and their position ids.
 
-Departures from the paper: none; the paper uses Flow-GRPO's sampler. Notation: t = sigma_i,
+Departures from the paper: none by default; the paper uses Flow-GRPO's sampler (`kind="flow_grpo"`). Notation: t = sigma_i,
 Delta = sigma_{i+1} - sigma_i < 0, v = the transformer's velocity.
 """
 
@@ -104,6 +108,23 @@ def sde_std(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float) -
     return noise_level * torch.sqrt(sigma / denom)
 
 
+SDE_KINDS = ("flow_grpo", "cps")
+
+
+def cps_std(sigma_next: torch.Tensor, eta: float) -> torch.Tensor:
+    """The coefficients-preserving step's std: sigma_next * sin(eta * pi / 2), eta in (0, 1]."""
+    return sigma_next * math.sin(eta * math.pi / 2)
+
+
+def sde_window(num_steps: int, sde_steps: int, noise_level: float, kind: str = "flow_grpo") -> int:
+    """How many leading transitions are stochastic: 0 for the ODE, else sde_steps (0 = all). The CPS step into
+    sigma = 0 has std 0 (deterministic), so with kind="cps" the last transition is never one of them."""
+    if noise_level <= 0:
+        return 0
+    window = sde_steps or num_steps
+    return min(window, num_steps - 1) if kind == "cps" else window
+
+
 def sde_step(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -113,26 +134,40 @@ def sde_step(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     prev_sample: torch.Tensor | None = None,
+    kind: str = "flow_grpo",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Flow-GRPO SDE transition x_t -> x_{t+Delta}: returns (x_next, log_prob, mean, std).
+    """One SDE transition x_t -> x_{t+Delta}: returns (x_next, log_prob, mean, std).
 
     x, v: latents and velocity, any float dtype, batch first (`[B, ...]`); promoted to float32 here.
     sigma, sigma_next: scalars or per-sample `[B]` (sigma_next < sigma).
     noise: the standard-normal eps to use (shape of x); else drawn with `generator` on x's device.
     prev_sample: a stored x_next to score instead of drawing one (then x_next is prev_sample, in float32).
+    kind: "flow_grpo" (noise level a: sigma_t = a sqrt(t / (1 - t))) or "cps" (noise level eta in (0, 1]:
+    x0 = x - t v, x1 = x + (1 - t) v, mean = (1 - t') x0 + t' cos(eta pi / 2) x1, std = t' sin(eta pi / 2)).
     Returns x_next and mean as float32 like x, log_prob as float32 `[B]` (mean over all non-batch elements
     of the Gaussian log-density), std broadcastable to x.
     """
     if noise_level <= 0:
         raise ValueError(f"sde_step needs noise_level > 0 (got {noise_level}); use ode_step for deterministic sampling")
+    if kind not in SDE_KINDS:
+        raise ValueError(f"kind={kind!r}: use one of {SDE_KINDS}")
     x = x.float()
     v = v.float()
     t = _per_sample(sigma, x)
     t_next = _per_sample(sigma_next, x)
-    delta = t_next - t  # < 0
-    sigma_t = sde_std(t, t_next, noise_level)
-    mean = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * delta  # [B, ...]
-    std = sigma_t * torch.sqrt(-delta)
+    if kind == "cps":
+        if noise_level > 1:
+            raise ValueError(f"the CPS step's noise level is eta in (0, 1]; got {noise_level}")
+        std = cps_std(t_next, noise_level)
+        if bool((std <= 0).any()):
+            raise ValueError("a CPS step into sigma_next = 0 is deterministic (std 0): use ode_step for it")
+        x0, x1 = x - t * v, x + (1 - t) * v  # the predicted clean latent and the predicted noise
+        mean = (1 - t_next) * x0 + t_next * math.cos(noise_level * math.pi / 2) * x1
+    else:
+        delta = t_next - t  # < 0
+        sigma_t = sde_std(t, t_next, noise_level)
+        mean = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * delta  # [B, ...]
+        std = sigma_t * torch.sqrt(-delta)
     if prev_sample is not None:
         x_next = prev_sample.float()
     else:
@@ -143,6 +178,12 @@ def sde_step(
     log_density = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI  # [B, ...]
     log_prob = log_density.mean(dim=tuple(range(1, x.ndim)))  # [B]
     return x_next, log_prob, mean, std
+
+
+def kl_std(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float, kind: str = "flow_grpo") -> torch.Tensor:
+    """The std the KL to the reference divides by: Flow-GRPO's sigma_t for its step (as Flow-GRPO does), the
+    transition's own std for the CPS step."""
+    return cps_std(sigma_next, noise_level) if kind == "cps" else sde_std(sigma, sigma_next, noise_level)
 
 
 def ode_step(

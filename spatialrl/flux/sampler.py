@@ -40,7 +40,9 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux.math import flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, unpack_latents
+from spatialrl.flux.math import (
+    SDE_KINDS, flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, sde_window, unpack_latents,
+)
 
 # Flow-GRPO's Flux LoRA targets (train_flux.py): attention and MLPs of the double-stream blocks; in the
 # single-stream blocks only attn.to_q/k/v match (their attention is pre_only, proj_mlp/proj_out not targeted).
@@ -66,6 +68,10 @@ class FluxSamplerConfig:
     # image is settled in the early, noisy steps: exploring there and sampling the rest as the ODE does gives
     # GRPO its variation where it matters, cleaner images and fewer steps to train (learner trains SDE steps only)
     sde_steps: int = 0
+    # flow_grpo: Flow-GRPO's SDE step (the paper's; noise_level = a). cps: the coefficients-preserving step
+    # (noise_level = eta in (0, 1]): SDE samples as clean as the ODE's, so a gain in the rollouts is one the ODE
+    # can have too; its last step (into sigma 0) is deterministic
+    sde_type: str = "flow_grpo"
     guidance: float = 3.5  # FLUX.1-dev's distilled guidance, one forward per step
     # Stock FluxPipeline's true_cfg_scale: 1 = off (FLUX.1-dev is guidance-distilled). Above 1, a second forward
     # per step on `negative_prompt`, mixed as v_neg + scale * (v - v_neg): for models that are not distilled
@@ -100,6 +106,14 @@ class FluxSamplerConfig:
             raise ConfigError(f"sampler.num_steps={self.num_steps}: need at least 1 step")
         if not 0 <= self.noise_level < 10 or math.isnan(self.noise_level):
             raise ConfigError(f"sampler.noise_level={self.noise_level}: use 0 (ODE) or a positive value like 0.7")
+        if self.sde_type not in SDE_KINDS:
+            raise ConfigError(f"sampler.sde_type={self.sde_type!r}: use flow_grpo (the paper's SDE) or cps")
+        if self.sde_type == "cps" and self.noise_level > 1:
+            raise ConfigError(f"sampler.noise_level={self.noise_level} with sde_type=cps: its noise level is eta in "
+                              "(0, 1], e.g. 0.7")
+        if self.sde_type == "cps" and self.sde_steps >= self.num_steps:
+            raise ConfigError(f"sampler.sde_steps={self.sde_steps} with sde_type=cps: the last step is "
+                              f"deterministic, use 0 (all stochastic steps) or 1..{self.num_steps - 1}")
         if not 0 <= self.sde_steps <= self.num_steps:
             raise ConfigError(f"sampler.sde_steps={self.sde_steps}: use 0 (SDE on every step) or 1..num_steps "
                               f"({self.num_steps})")
@@ -152,13 +166,12 @@ class Trajectory:
     true_cfg_scale: float = 1.0
     negative_prompt: str = ""
     sde_steps: int = 0  # the first sde_steps transitions are SDE (have log-probs); 0 = all of them
+    sde_type: str = "flow_grpo"  # which SDE step made them (spatialrl.flux.math.sde_step's kind)
 
     @property
     def sde_window(self) -> int:
         """How many leading transitions are stochastic (the ones GRPO can train)."""
-        if self.noise_level <= 0:
-            return 0
-        return self.sde_steps or self.num_steps
+        return sde_window(self.num_steps, self.sde_steps, self.noise_level, self.sde_type)
 
     @property
     def num_images(self) -> int:
@@ -422,7 +435,7 @@ class FluxSampler:
         sigmas = self.schedule(res).to(self.device)  # [T + 1]
         timesteps = sigmas[:-1] * 1000  # [T]
         steps = len(timesteps)
-        window = (self.cfg.sde_steps or steps) if a > 0 else 0  # leading SDE steps
+        window = sde_window(steps, self.cfg.sde_steps, a, self.cfg.sde_type)  # leading SDE steps
         shared = self.cfg.shared_noise_per_group if shared_noise is None else bool(shared_noise)
         x0 = self._initial_noise(generators, group_index, h, w, shared)  # [N, S, 64]
         latents = torch.empty((n, steps + 1, *x0.shape[1:]), dtype=torch.float32)  # [N, T + 1, S, 64]
@@ -438,7 +451,7 @@ class FluxSampler:
                 v = self.velocity(x, timesteps[i], emb, pool, text_ids, img_ids)
                 if i < window:
                     eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=gen) for gen in generators[idx]])
-                    x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps)
+                    x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps, kind=self.cfg.sde_type)
                     log_probs[idx, i] = lp.cpu()
                 else:
                     x = ode_step(x, v, sigmas[i], sigmas[i + 1])
@@ -463,6 +476,7 @@ class FluxSampler:
             true_cfg_scale=self.cfg.true_cfg_scale,
             negative_prompt=self.cfg.negative_prompt,
             sde_steps=self.cfg.sde_steps if a > 0 else 0,
+            sde_type=self.cfg.sde_type,
         )
 
     def check_made_here(self, tr: Trajectory) -> None:
@@ -516,7 +530,7 @@ class FluxSampler:
         x = tr.latents[idx, j].to(dev)  # [B, S, 64]
         v = self.velocity(x, tr.timesteps[j].to(dev), embeds[rows], pooled[rows], text_ids, img_ids)
         _, logp, mean, _ = sde_step(x, v, tr.sigmas[j].to(dev), tr.sigmas[j + 1].to(dev), tr.noise_level,
-                                    prev_sample=tr.latents[idx, j + 1].to(dev))
+                                    prev_sample=tr.latents[idx, j + 1].to(dev), kind=tr.sde_type)
         return logp, mean, x
 
     # --------------------------------------------------------------------------------------------- LoRA

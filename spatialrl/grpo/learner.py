@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux.math import latent_image_ids, sde_std
+from spatialrl.flux.math import kl_std, latent_image_ids
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
 from spatialrl.grpo.math import clipped_policy_loss, sde_kl, trained_steps
@@ -295,7 +295,7 @@ class GRPOLearner:
                     _, mean_ref, _ = self.policy.transition_log_prob(traj, idx, j, cond)  # the base model's mean
                 finally:
                     self.transformer.enable_adapters()
-            kl = sde_kl(mean, mean_ref, sde_std(sigma.float(), sigma_next.float(), traj.noise_level))
+            kl = sde_kl(mean, mean_ref, kl_std(sigma.float(), sigma_next.float(), traj.noise_level, traj.sde_type))
             loss = loss + self.cfg.kl_beta * kl.mean()
         stats["kl"] = kl.detach()
         return loss, stats
