@@ -240,3 +240,8 @@ def test_jobs_run_on_two_nodes_with_the_sampler_pinned_and_metrics_scraped(clust
     # counters and histograms carry a suffix on the endpoint (_total, _bucket, ...): match by prefix
     missing = sorted(w for w in wanted if not any(n == w or n.startswith(w + "_") for n in scraper.seen))
     assert not missing, f"never scraped: {missing} (scrapes: {scraper.scrapes}; seen: {sorted(scraper.seen)})"
+    # every series the Grafana dashboard queries, by its exact exported name (a counter's _total, a histogram's
+    # _bucket / _sum / _count), was on an endpoint; only GRPO's serve-backend retries need a run this test skips
+    dashboard = set(re.findall(r"ray_spatialrl_\w+", (ROOT / "cluster" / "grafana" / "spatialrl.json").read_text()))
+    not_served = sorted(dashboard - scraper.seen - {"ray_spatialrl_faults_serve_retries"})
+    assert not not_served, f"the Grafana dashboard queries series no job exported: {not_served}"
