@@ -39,8 +39,10 @@ def keep(line: str) -> str | None:
         step = re.match(r"^\[epoch \d+ step (\d+)\]", text)
         if step:  # reward training: every 50th step (each epoch's validation line is kept whole)
             return text if int(step.group(1)) % 50 == 0 else None
-        if text.startswith("[epoch") or re.match(r"^(ERROR|Error|Traceback|\w+Error:)", text):
+        if text.startswith("[epoch"):
             return text
+        if re.match(r"^(ERROR|Error|\w+Error:)", text):  # one line per worker error, named; its stack: the log
+            return f"({m.group('who')}) {text}  [a Ray worker's error line; its traceback is in the log]"
         return None
     if any(p.search(line) for p in CHATTER):
         return None

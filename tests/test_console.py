@@ -14,7 +14,12 @@ def test_keep_by_hand():
         "[epoch 0] val accuracy 0.51 on 100 pairs"
     assert keep("(RayTrainWorker pid=434) [epoch 0 step 50] loss 0.69") == "[epoch 0 step 50] loss 0.69"
     assert keep("(RayTrainWorker pid=434) [epoch 0 step 51] loss 0.69") is None  # every 50th step only
-    assert keep("(FluxSampler pid=9) Traceback (most recent call last):") == "Traceback (most recent call last):"
+    # a worker's error: its one error line, with the worker's name; the stack stays in the log
+    assert keep("(FluxSampler pid=9) Traceback (most recent call last):") is None
+    assert keep("(FluxSampler pid=9)   File \"x.py\", line 3, in f") is None
+    assert keep("(FluxSampler pid=9) ValueError: bad prompt") == \
+        "(FluxSampler) ValueError: bad prompt  [a Ray worker's error line; its traceback is in the log]"
+    assert keep("Traceback (most recent call last):") == "Traceback (most recent call last):"  # the job's own
     for chatter in ("(pid=683) - MapBatches(PairPreprocessor): Tasks: 0; Actors: 1; Queued blocks: 0",
                     "2026-12-02 09:12:27,168\tINFO logging_progress.py:233 -- Tasks: 1",
                     "[2026-12-02 09:08:51,636] [INFO] [real_accelerator.py:203:get_accelerator] cpu",
