@@ -230,10 +230,7 @@ class GRPOController:
         """Wait for every group's rewards; re-dispatch groups whose sampler or reward actor died."""
         todo = list(groups)
         while todo:
-            ready, late = ray.wait([grp.refs[2] for grp in todo], num_returns=len(todo),
-                                   timeout=self.cfg.cluster.actor_timeout_s)
-            if late:
-                self._kill_hung([grp for grp in todo if grp.refs[2] in set(late)])
+            self._wait_while_progressing(todo)
             failed = []
             for grp in todo:
                 try:
@@ -253,6 +250,22 @@ class GRPOController:
                 self._submit(grp, **submit_kw)
             todo = failed
 
+    def _wait_while_progressing(self, todo: list[Group]) -> None:
+        """Wait until every group in `todo` has its rewards, for as long as groups keep finishing: a queue of many
+        groups (a big evaluation, a slow machine) may take far longer than cluster.actor_timeout_s in all. Only
+        when no group has finished for actor_timeout_s are the actors the rest wait on taken as hung and killed."""
+        timeout = self.cfg.cluster.actor_timeout_s
+        pending, last_progress = {grp.refs[2]: grp for grp in todo}, time.time()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, last_progress + timeout - time.time()))
+            if ready:
+                last_progress = time.time()
+                for ref in ray.wait(list(pending), num_returns=len(pending), timeout=0)[0]:
+                    pending.pop(ref)
+                continue
+            self._kill_hung(list(pending.values()))
+            return
+
     def _kill_hung(self, late: list[Group]) -> None:
         """Groups still pending after cluster.actor_timeout_s: kill the actor each waits on (the sampler while its
         images are not made, else the reward actor); Ray restarts it and the group fails over to a re-dispatch."""
@@ -262,7 +275,7 @@ class GRPOController:
             actor = grp.actors[1] if images_done else grp.actors[0]
             hung[actor._actor_id] = (actor, "reward actor" if images_done else "sampler")
         for actor, role in hung.values():
-            print(f"a {role} did not answer within {self.cfg.cluster.actor_timeout_s:g} s "
+            print(f"a {role} finished none of its groups within {self.cfg.cluster.actor_timeout_s:g} s "
                   "(cluster.actor_timeout_s): killing it; Ray restarts it and its groups are redone", flush=True)
             ray.kill(actor, no_restart=False)
 

@@ -441,3 +441,37 @@ def test_missing_prompts_and_missing_checkpoint_exit_2(data, tmp_path, capsys):
     assert grpo_job.main(job_args(data, tmp_path / "b") + ["--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_actor_timeout_counts_time_without_progress_not_a_whole_queue(ray_local):
+    """Six groups queued on one actor at 0.5 s each take 3 s in all, past an actor_timeout_s of 1.5 s: nothing is
+    killed while groups keep finishing. A group that makes no progress for 1.5 s is taken as hung."""
+    from types import SimpleNamespace
+
+    from actors.grpo_controller import GRPOController, Group
+
+    @ray_local.remote(num_cpus=0)
+    class Worker:
+        def work(self, seconds):
+            time.sleep(seconds)
+            return {"reward": np.zeros(1)}
+
+    worker = Worker.remote()
+    ray_local.get(worker.__ray_ready__.remote())
+    killed = []
+    stub = SimpleNamespace(cfg=SimpleNamespace(cluster=SimpleNamespace(actor_timeout_s=1.5)),
+                           _kill_hung=lambda late: killed.append(sorted(g.index for g in late)))
+
+    def groups(seconds):
+        return [Group(0, i, {}, i, 0, i, refs=(None, None, worker.work.remote(s))) for i, s in enumerate(seconds)]
+
+    t0 = time.time()
+    queue = groups([0.5] * 6)
+    GRPOController._wait_while_progressing(stub, queue)
+    assert time.time() - t0 >= 2.9 and killed == []
+    assert all(ray_local.wait([g.refs[2]], timeout=0)[0] for g in queue)
+    hung = groups([0.2, 30.0, 30.0])  # the second one hangs; the third waits behind it
+    t0 = time.time()
+    GRPOController._wait_while_progressing(stub, hung)
+    assert killed == [[1, 2]] and time.time() - t0 < 5
+    ray_local.kill(worker)

@@ -75,8 +75,9 @@ class ClusterConfig:
     num_cpus: int = 0  # local Ray only; 0 = the machine's
     placement_timeout_s: float = 120.0
     actor_max_restarts: int = 3  # samplers and reward workers
-    # the longest one step's prompt groups may take to be sampled and scored; past it the actor holding a late
-    # group is taken as hung: killed, restarted by Ray, and the group redone (counts as a retry)
+    # the longest the driver waits with no prompt group finishing (one group's sampling and scoring must fit in
+    # it; a long queue of groups need not); past it the actors the unfinished groups wait on are taken as hung:
+    # killed, restarted by Ray, and their groups redone (counts as a retry)
     actor_timeout_s: float = 600.0
     # the longest a sampler or reward actor may take to (re)start and load its models: a FLUX.1-dev sampler takes
     # minutes, far longer than a tiny model's step, so it has its own budget
