@@ -193,6 +193,7 @@ def _make_example(rng, world, args, *, blur=True):
         A, B = scene.objects[s], scene.objects[o]
         if args.style == "yes_no":
             phrase = QA_PHRASES[word][0] if not args.all_phrases else QA_PHRASES[word][int(rng.integers(3))]
+            phrase = args.phrase_overrides.get(word, phrase)
             add(f" is the {name(rng, A, args.synonym_prob)} {phrase} the {name(rng, B, args.synonym_prob)}?")
             # hint targets at the "?" token: A's colour, and the colours of the objects A is `word` of
             from data_pipeline.relations import relation_score
@@ -435,6 +436,9 @@ def main():
     p.add_argument("--list", choices=["none", "before", "after"], default="none", help="grounding list position")
     p.add_argument("--sorted-list", action="store_true", help="grounding list left-to-right (colour tokens = comparisons)")
     p.add_argument("--all-phrases", action="store_true")
+    p.add_argument("--phrase", default="",
+                   help="yes/no phrasing overrides, e.g. 'left_of=left,right_of=right' (one token instead of "
+                        "'left of': is the question path's trouble the two-token phrase?)")
     p.add_argument("--synonym-prob", type=float, default=0.0)
     p.add_argument("--max-questions", type=int, default=10)
     p.add_argument("--blur-prob", type=float, default=0.0)
@@ -470,6 +474,10 @@ def main():
                    help="dataset-style preference pairs (perturbed image) scored by the yes-no margin (0 = off)")
     p.add_argument("--save", default="", help="save_pretrained the trained model (and processor) here at the end")
     args = p.parse_args()
+    args.phrase_overrides = dict(item.split("=", 1) for item in args.phrase.split(",") if item)
+    unknown = set(args.phrase_overrides) - set(QA_PHRASES)
+    if unknown:
+        p.error(f"--phrase names unknown relation words {sorted(unknown)}; use {sorted(QA_PHRASES)}")
 
     torch.set_num_threads(args.threads)
     t0 = time.time()

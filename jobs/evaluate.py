@@ -59,6 +59,7 @@ class GenerationConfig:
     noise_level: float = 0.0
     sde_steps: int = 0
     sde_type: str = "flow_grpo"  # or cps (sampler.sde_type)
+    noise_block: int = 1  # the SDE noise's block side in latent pixels (sampler.noise_block)
     negative_prompt: str = ""
     max_sequence_length: int = 512  # tiny-pretrained: 96
     batch_size: int = 4
@@ -168,7 +169,7 @@ def sampler_config(cfg: EvaluateConfig):
     return FluxSamplerConfig(
         model=str(repo_path(g.model)) if repo_path(g.model).is_dir() else g.model,
         resolution=g.resolution or native_resolution(g.model), num_steps=g.steps, noise_level=g.noise_level,
-        sde_steps=g.sde_steps, sde_type=g.sde_type,
+        sde_steps=g.sde_steps, sde_type=g.sde_type, noise_block=g.noise_block,
         guidance=g.guidance, true_cfg_scale=g.true_cfg_scale, negative_prompt=g.negative_prompt,
         group_size=cfg.images_per_prompt, batch_size=g.batch_size, seed=g.seed, dtype=g.dtype, device=g.device,
         max_sequence_length=g.max_sequence_length,

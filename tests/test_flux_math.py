@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from spatialrl.flux.math import (
+    block_means,
+    block_noise,
     calculate_shift,
     cps_std,
     kl_std,
@@ -255,3 +257,38 @@ def test_cps_refuses_a_step_into_sigma_zero_and_an_eta_above_one():
         sde_step(x, x, 0.5, 0.25, 0.5, kind="ddim")
     assert [sde_window(4, k, 0.7, "cps") for k in (0, 2, 3)] == [3, 2, 3]
     assert [sde_window(4, k, 0.7) for k in (0, 2, 4)] == [4, 2, 4] and sde_window(4, 0, 0.0, "cps") == 0
+
+
+def test_block_noise_log_prob_hand_worked():
+    # One channel, a 4x4 latent = 4 tokens of 4 (2x2 packing); blocks of 2 = the four 2x2 quadrants, which here are
+    # exactly the four tokens. Flow-GRPO step at t = 0.5 -> 0.25, a = 0.5, v = 0: sigma_t = 0.5 * sqrt(0.5 / 0.5) =
+    # 0.5, mean = x + (0.25 / 1 * x) * (-0.25) = x * (1 - 1/16), std = 0.5 * sqrt(0.25) = 0.25.
+    x, v = torch.ones(1, 4, 4), torch.zeros(1, 4, 4)
+    # residual per quadrant (token): [1, 3, 1, 3] -> block mean 2; [0, 0, 0, 0] -> 0; [-1] * 4 -> -1; [0.5] * 4
+    resid = torch.tensor([[[1.0, 3.0, 1.0, 3.0], [0.0] * 4, [-1.0] * 4, [0.5] * 4]])
+    mean = x * (1 - 1 / 16)
+    _, lp, m, std = sde_step(x, v, 0.5, 0.25, 0.5, prev_sample=mean + resid, block=2, latent_size=(4, 4))
+    assert torch.allclose(m, mean) and std.item() == pytest.approx(0.25)
+    coarse = torch.tensor([2.0, 0.0, -1.0, 0.5])  # the block means, one per quadrant
+    expected = (-(coarse**2) / (2 * 0.25**2) - math.log(0.25) - 0.5 * math.log(2 * math.pi)).mean()
+    assert lp.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(block_means(resid, 4, 4, 2).flatten(), coarse)
+    # the same step with independent noise scores every element: another number
+    _, lp1, _, _ = sde_step(x, v, 0.5, 0.25, 0.5, prev_sample=mean + resid)
+    assert lp1.item() != pytest.approx(lp.item())
+    with pytest.raises(ValueError, match="latent_size"):
+        sde_step(x, v, 0.5, 0.25, 0.5, prev_sample=mean, block=2)
+    with pytest.raises(ValueError, match="does not tile"):
+        sde_step(x, v, 0.5, 0.25, 0.5, prev_sample=mean, block=3, latent_size=(4, 4))
+
+
+def test_block_noise_is_one_standard_normal_per_block_and_channel():
+    g = torch.Generator().manual_seed(0)
+    eps = torch.cat([block_noise(16, 16, 16, 4, g) for _ in range(200)])  # [200, 64, 64]: 16 channels, 16x16 latent
+    lat = unpack_latents(eps, 16, 16)  # [200, 16, 16, 16]
+    blocks = lat.reshape(200, 16, 4, 4, 4, 4)
+    assert torch.equal(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))  # constant over each 4x4 block
+    coarse = block_means(eps, 16, 16, 4)  # [200, 16, 4, 4]: 51,200 draws
+    assert coarse.mean().item() == pytest.approx(0.0, abs=0.02) and coarse.std().item() == pytest.approx(1.0, rel=0.02)
+    # a step with block noise leaves each pixel the same std as independent noise (std * eps, eps ~ N(0, 1))
+    assert lat.std().item() == pytest.approx(1.0, rel=0.02)

@@ -227,6 +227,24 @@ def test_sde_window_is_sde_then_exactly_the_ode():
         FluxSamplerConfig(num_steps=4, sde_steps=5).validate()
 
 
+def test_block_noise_sampler_recomputes_exactly_and_refuses_blocks_that_do_not_tile():
+    blocky = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7, noise_block=2))
+    tr = blocky.sample(PROMPTS[:1], seed=3)
+    assert tr.noise_block == 2 and torch.isfinite(tr.log_probs).all()
+    assert torch.equal(blocky.recompute_log_probs(tr), tr.log_probs)  # the ratio is exactly 1 on-policy
+    h, w = blocky.latent_size(tr.resolution)
+    from spatialrl.flux.math import unpack_latents
+
+    step = unpack_latents(tr.latents[:, 1] - tr.latents[:, 0], h, w)  # first transition: drift + block noise
+    plain = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7)).sample(PROMPTS[:1], seed=3)
+    assert torch.equal(plain.latents[:, 0], tr.latents[:, 0])  # the same start; only the SDE noise differs
+    assert not torch.equal(plain.latents[:, 1], tr.latents[:, 1]) and step.shape[-1] == w
+    with pytest.raises(ConfigError, match="noise_block=3"):
+        FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7, noise_block=3)).sample(PROMPTS[:1], seed=3)
+    with pytest.raises(ConfigError, match="noise_block=0"):
+        FluxSamplerConfig(noise_block=0).validate()
+
+
 def test_cps_sampler_trains_every_step_but_the_last_and_recomputes_exactly():
     cps = FluxSampler(FluxSamplerConfig(**BASE, noise_level=0.7, sde_type="cps"))
     tr = cps.sample(PROMPTS[:1], seed=3)

@@ -135,6 +135,8 @@ def sde_step(
     generator: torch.Generator | None = None,
     prev_sample: torch.Tensor | None = None,
     kind: str = "flow_grpo",
+    block: int = 1,
+    latent_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One SDE transition x_t -> x_{t+Delta}: returns (x_next, log_prob, mean, std).
 
@@ -144,8 +146,13 @@ def sde_step(
     prev_sample: a stored x_next to score instead of drawing one (then x_next is prev_sample, in float32).
     kind: "flow_grpo" (noise level a: sigma_t = a sqrt(t / (1 - t))) or "cps" (noise level eta in (0, 1]:
     x0 = x - t v, x1 = x + (1 - t) v, mean = (1 - t') x0 + t' cos(eta pi / 2) x1, std = t' sin(eta pi / 2)).
+    block: 1 = independent noise per element (the papers' step). b > 1 = block noise: the exploration noise is one
+    draw per channel and b x b block of latent pixels (x is packed tokens `[B, S, 4C]`, `latent_size` = the
+    latent's (height, width)); the policy is then a Gaussian on the block means only, so log_prob is the density of
+    the block means of x_next - mean (`block_means`), averaged over them. The step's per-pixel noise std is
+    unchanged; what changes is that only low-frequency directions are explored and credited.
     Returns x_next and mean as float32 like x, log_prob as float32 `[B]` (mean over all non-batch elements
-    of the Gaussian log-density), std broadcastable to x.
+    of the Gaussian log-density, or over the block means), std broadcastable to x.
     """
     if noise_level <= 0:
         raise ValueError(f"sde_step needs noise_level > 0 (got {noise_level}); use ode_step for deterministic sampling")
@@ -174,10 +181,39 @@ def sde_step(
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
         x_next = mean + std * noise.to(device=x.device, dtype=torch.float32)
-    # Written as torch.distributions.Normal(mean, std).log_prob(x_next) writes it, so the two agree bit for bit.
-    log_density = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI  # [B, ...]
-    log_prob = log_density.mean(dim=tuple(range(1, x.ndim)))  # [B]
+    if block == 1:
+        # Written as torch.distributions.Normal(mean, std).log_prob(x_next) writes it, so the two agree bit for bit.
+        log_density = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI  # [B, ...]
+        log_prob = log_density.mean(dim=tuple(range(1, x.ndim)))  # [B]
+    else:
+        if latent_size is None:
+            raise ValueError("block noise needs latent_size=(height, width) to find the blocks in packed tokens")
+        coarse = block_means(x_next - mean, *latent_size, block)  # [B, C, H/b, W/b]
+        std_c = std.reshape(-1, 1, 1, 1) if std.ndim else std
+        log_density = -(coarse**2) / (2 * std_c**2) - torch.log(std_c) - _LOG_SQRT_2PI
+        log_prob = log_density.mean(dim=(1, 2, 3))  # [B]
     return x_next, log_prob, mean, std
+
+
+def check_block(block: int, height: int, width: int) -> None:
+    """Raise unless b x b blocks tile a height x width latent (b >= 1)."""
+    if int(block) != block or block < 1 or height % block or width % block:
+        raise ValueError(f"noise block {block} does not tile a {height}x{width} latent: use 1 or a divisor of both")
+
+
+def block_means(tokens: torch.Tensor, height: int, width: int, block: int) -> torch.Tensor:
+    """Packed tokens `[B, S, 4C]` -> per channel, the mean over each b x b block of latent pixels `[B, C, H/b, W/b]`."""
+    check_block(block, height, width)
+    lat = unpack_latents(tokens, height, width)  # [B, C, H, W]
+    b, c = lat.shape[:2]
+    return lat.reshape(b, c, height // block, block, width // block, block).mean(dim=(3, 5))
+
+
+def block_noise(channels: int, height: int, width: int, block: int, generator: torch.Generator) -> torch.Tensor:
+    """One standard-normal draw per channel and b x b block, repeated over the block, packed: `[1, S, 4C]`."""
+    check_block(block, height, width)
+    eps = torch.randn((1, channels, height // block, width // block), generator=generator, dtype=torch.float32)
+    return pack_latents(eps.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3))
 
 
 def kl_std(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float, kind: str = "flow_grpo") -> torch.Tensor:

@@ -41,7 +41,8 @@ import torch
 
 from spatialrl.config import ConfigError
 from spatialrl.flux.math import (
-    SDE_KINDS, flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, sde_window, unpack_latents,
+    SDE_KINDS, block_noise, check_block, flux_sigmas, latent_image_ids, ode_step, pack_latents, sde_step, sde_window,
+    unpack_latents,
 )
 
 # Flow-GRPO's Flux LoRA targets (train_flux.py): attention and MLPs of the double-stream blocks; in the
@@ -72,6 +73,10 @@ class FluxSamplerConfig:
     # (noise_level = eta in (0, 1]): SDE samples as clean as the ODE's, so a gain in the rollouts is one the ODE
     # can have too; its last step (into sigma 0) is deterministic
     sde_type: str = "flow_grpo"
+    # 1 = the papers' independent noise per latent element. b > 1: one noise draw per channel and b x b block of
+    # latent pixels (same per-pixel std), and the policy's log-prob on the block means only: exploration and credit
+    # in the low-frequency directions that decide a layout, so the policy gradient's variance drops by about b^2
+    noise_block: int = 1
     guidance: float = 3.5  # FLUX.1-dev's distilled guidance, one forward per step
     # Stock FluxPipeline's true_cfg_scale: 1 = off (FLUX.1-dev is guidance-distilled). Above 1, a second forward
     # per step on `negative_prompt`, mixed as v_neg + scale * (v - v_neg): for models that are not distilled
@@ -114,6 +119,9 @@ class FluxSamplerConfig:
         if self.sde_type == "cps" and self.sde_steps >= self.num_steps:
             raise ConfigError(f"sampler.sde_steps={self.sde_steps} with sde_type=cps: the last step is "
                               f"deterministic, use 0 (all stochastic steps) or 1..{self.num_steps - 1}")
+        if not isinstance(self.noise_block, int) or self.noise_block < 1:
+            raise ConfigError(f"sampler.noise_block={self.noise_block!r}: use 1 (independent noise, the papers') or a "
+                              "block side in latent pixels that divides the latent size, e.g. 4")
         if not 0 <= self.sde_steps <= self.num_steps:
             raise ConfigError(f"sampler.sde_steps={self.sde_steps}: use 0 (SDE on every step) or 1..num_steps "
                               f"({self.num_steps})")
@@ -167,6 +175,7 @@ class Trajectory:
     negative_prompt: str = ""
     sde_steps: int = 0  # the first sde_steps transitions are SDE (have log-probs); 0 = all of them
     sde_type: str = "flow_grpo"  # which SDE step made them (spatialrl.flux.math.sde_step's kind)
+    noise_block: int = 1  # the SDE noise's block side in latent pixels (1 = independent per element)
 
     @property
     def sde_window(self) -> int:
@@ -436,6 +445,11 @@ class FluxSampler:
         timesteps = sigmas[:-1] * 1000  # [T]
         steps = len(timesteps)
         window = sde_window(steps, self.cfg.sde_steps, a, self.cfg.sde_type)  # leading SDE steps
+        nb = self.cfg.noise_block
+        try:
+            check_block(nb, h, w)
+        except ValueError as e:
+            raise ConfigError(f"sampler.noise_block={nb}: {e} (resolution {res})") from None
         shared = self.cfg.shared_noise_per_group if shared_noise is None else bool(shared_noise)
         x0 = self._initial_noise(generators, group_index, h, w, shared)  # [N, S, 64]
         latents = torch.empty((n, steps + 1, *x0.shape[1:]), dtype=torch.float32)  # [N, T + 1, S, 64]
@@ -450,8 +464,12 @@ class FluxSampler:
             for i in range(steps):
                 v = self.velocity(x, timesteps[i], emb, pool, text_ids, img_ids)
                 if i < window:
-                    eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=gen) for gen in generators[idx]])
-                    x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps, kind=self.cfg.sde_type)
+                    if nb == 1:
+                        eps = torch.cat([torch.randn((1, *x.shape[1:]), generator=gen) for gen in generators[idx]])
+                    else:
+                        eps = torch.cat([block_noise(x.shape[-1] // 4, h, w, nb, gen) for gen in generators[idx]])
+                    x, lp, _, _ = sde_step(x, v, sigmas[i], sigmas[i + 1], a, noise=eps, kind=self.cfg.sde_type,
+                                           block=nb, latent_size=(h, w))
                     log_probs[idx, i] = lp.cpu()
                 else:
                     x = ode_step(x, v, sigmas[i], sigmas[i + 1])
@@ -477,6 +495,7 @@ class FluxSampler:
             negative_prompt=self.cfg.negative_prompt,
             sde_steps=self.cfg.sde_steps if a > 0 else 0,
             sde_type=self.cfg.sde_type,
+            noise_block=nb,
         )
 
     def check_made_here(self, tr: Trajectory) -> None:
@@ -530,7 +549,8 @@ class FluxSampler:
         x = tr.latents[idx, j].to(dev)  # [B, S, 64]
         v = self.velocity(x, tr.timesteps[j].to(dev), embeds[rows], pooled[rows], text_ids, img_ids)
         _, logp, mean, _ = sde_step(x, v, tr.sigmas[j].to(dev), tr.sigmas[j + 1].to(dev), tr.noise_level,
-                                    prev_sample=tr.latents[idx, j + 1].to(dev), kind=tr.sde_type)
+                                    prev_sample=tr.latents[idx, j + 1].to(dev), kind=tr.sde_type,
+                                    block=tr.noise_block, latent_size=self.latent_size(tr.resolution))
         return logp, mean, x
 
     # --------------------------------------------------------------------------------------------- LoRA
