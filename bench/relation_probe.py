@@ -215,6 +215,7 @@ def _make_example(rng, world, args, *, blur=True):
     rel = relation_targets(scene, m, labels, args.image_size, world) if args.relation_loss > 0 else None
     ex = Example(img, segments, "easy", [], patch_targets(scene, labels, args.image_size), rel)
     ex.hints = hints
+    ex.words = [rel.type for rel in questions[: args.max_questions]] if args.style == "yes_no" else []
     return ex, info
 
 
@@ -301,7 +302,9 @@ def encode_mixed(encoder, examples):
                 ids += piece
                 lab += piece if trained else [-100] * len(piece)
                 ends[si] = len(ids) - 1
-            hint_rows.append([(ends[si], a, others) for si, a, others in getattr(ex, "hints", [])])
+            words = getattr(ex, "words", []) or [None] * len(getattr(ex, "hints", []))
+            hint_rows.append([(ends[si], a, others, w)
+                              for (si, a, others), w in zip(getattr(ex, "hints", []), words)])
             rows.append((ids, lab, mm + [0] * (len(ids) - len(mm))))
     width = max(len(r[0]) for r in rows)
     b = len(rows)
@@ -324,12 +327,13 @@ def encode_mixed(encoder, examples):
         batch["relation_targets"] = torch.from_numpy(np.stack([ex.relation_targets for ex in examples]))
     from spatialrl.standins.backbone import RELATION_WORDS
 
-    where, first, sets = [], [], []
+    where, first, sets, word = [], [], [], []
     for r, (hs, (ids, _, _)) in enumerate(zip(hint_rows, rows)):
         start = width - len(ids)
-        for pos, a, others in hs:
+        for pos, a, others, w in hs:
             where.append((r, start + pos))
             first.append(RELATION_WORDS.index(a))
+            word.append(KEY_WORDS.index(w) if w in KEY_WORDS else -1)
             vec = np.zeros(len(RELATION_WORDS), dtype=np.float32)
             for c in others:
                 vec[RELATION_WORDS.index(c)] += 1 / len(others)
@@ -340,7 +344,27 @@ def encode_mixed(encoder, examples):
         batch["hint_where"] = torch.tensor(where)  # [N, 2]: row, position of a question's "?"
         batch["hint_first"] = torch.tensor(first)  # [N]: index of the subject's colour in RELATION_WORDS
         batch["hint_set"] = torch.from_numpy(np.stack(sets))  # [N, W]
+        batch["hint_word"] = torch.tensor(word)  # [N]: the asked relation in KEY_WORDS (-1: none)
     return batch
+
+
+# The token that tells each yes/no relation word apart ("left of" and "right of" share their second token).
+KEY_WORDS = {"left_of": " left", "right_of": " right", "above": " above", "below": " below"}
+KEY_WORDS = list(KEY_WORDS)  # order: the index hint_word holds; the token is " " + the phrase's first word
+
+
+def word_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> torch.Tensor:
+    """Logit-lens cross-entropy at each question's "?" token after `layer` decoder layers, over the four key words
+    (" left", " right", " above", " below"): the "?" names the relation it was asked. First order (no XOR): the
+    step a converse pair needs before the "?" can pick the subject's set for that word."""
+    keep = hints["hint_word"] >= 0
+    if not bool(keep.any()):
+        return torch.zeros(())
+    r, c = hints["hint_where"][keep, 0], hints["hint_where"][keep, 1]
+    ids = torch.tensor([encoder._ids(f" {QA_PHRASES[w][0].split()[0]}")[0] for w in KEY_WORDS])
+    norm = model.model.language_model.norm
+    lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, ids].float(), dim=-1)  # [N, 4]
+    return -lp.gather(1, hints["hint_word"][keep][:, None]).mean()
 
 
 def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]) -> torch.Tensor:
@@ -409,6 +433,59 @@ def evaluate(model, encoder, eval_set, args):
     return {k: (float(np.mean(v)) if v else float("nan"), len(v)) for k, v in hits.items()}
 
 
+@torch.no_grad()
+def evaluate_by_word(model, encoder, eval_set, hint_layers, word_layer: int = 3):
+    """Per relation word, three skills at each question's "?" token: the answer (yes vs no), the first hint (the
+    subject's colour is the top relation word of the logit lens after hint_layers[0] layers) and the second (the
+    lens after hint_layers[1] layers puts its top word in the subject's set for that word, "background" if
+    empty), and the word hint (the lens after word_layer layers names the asked word among the four key words).
+    A stalled word shows which step of its path is missing: finding the subject, or choosing its set."""
+    from spatialrl.standins.backbone import RELATION_WORDS
+
+    model.eval()
+    yes, no = encoder.yes_no
+    ids = encoder.relation_word_ids
+    norm = model.model.language_model.norm
+    layers = model.model.language_model.layers
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [layers[layer - 1].register_forward_hook(
+        lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
+        for layer in set(hint_layers) | {word_layer}]
+    key_ids = torch.tensor([encoder._ids(f" {QA_PHRASES[w][0].split()[0]}")[0] for w in KEY_WORDS])
+    hits: dict[str, dict[str, list]] = {}
+    try:
+        for start in range(0, len(eval_set), 32):
+            chunk = eval_set[start:start + 32]
+            batch = encode_mixed(encoder, [ex for ex, _ in chunk])
+            hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word")}
+            captured.clear()
+            logits, targets = answer_logits(model, batch)
+            said = (logits[:, yes] > logits[:, no]).tolist()
+            truth = (targets == yes).tolist()
+            r, c = hints["hint_where"][:, 0], hints["hint_where"][:, 1]
+            top1 = model.lm_head(norm(captured[hint_layers[0]][r, c]))[:, ids].argmax(-1)  # [N]
+            top2 = model.lm_head(norm(captured[hint_layers[1]][r, c]))[:, ids].argmax(-1)
+            subject_ok = (top1 == hints["hint_first"]).tolist()
+            set_ok = (hints["hint_set"].gather(1, top2[:, None])[:, 0] > 0).tolist()
+            word_ok = (model.lm_head(norm(captured[word_layer][r, c]))[:, key_ids].argmax(-1)
+                       == hints["hint_word"]).tolist()
+            words = [w for ex, _ in chunk for w in ex.words]
+            assert len(words) == len(said) == len(subject_ok), "one answer and one hint per question"
+            for w, a, t, h1, h2, h3 in zip(words, said, truth, subject_ok, set_ok, word_ok):
+                row = hits.setdefault(w, {"answer": [], "said_yes": [], "subject": [], "set": [], "word": []})
+                row["word"].append(h3)
+                row["answer"].append(a == t)
+                row["said_yes"].append(a)
+                row["subject"].append(h1)
+                row["set"].append(h2)
+    finally:
+        for hk in hooks:
+            hk.remove()
+        model.train()
+    assert RELATION_WORDS  # the hint indices above are into this list
+    return {w: {k: float(np.mean(v)) for k, v in row.items()} | {"n": len(row["answer"])} for w, row in hits.items()}
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -466,12 +543,19 @@ def main():
     p.add_argument("--hint-loss", type=float, default=0.0,
                    help="weight of the question hints at the '?' token (subject colour, then its relation set)")
     p.add_argument("--hint-layers", default="2,4", help="decoder layers done for the two hints (1-based)")
+    p.add_argument("--word-hint", type=float, default=0.0,
+                   help="weight of the word hint: the '?' token names the asked relation word (left / right / "
+                        "above / below) through the logit lens after --word-hint-layer layers")
+    p.add_argument("--word-hint-layer", type=int, default=3)
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
     p.add_argument("--match-scenes", type=int, default=0, help="fresh scenes in the match evaluation (0 = off)")
     p.add_argument("--pair-eval", type=int, default=0,
                    help="dataset-style preference pairs (perturbed image) scored by the yes-no margin (0 = off)")
+    p.add_argument("--report-words", action="store_true",
+                   help="at each evaluation also print, per relation word, the answer, the subject hint and the set "
+                        "hint accuracies at the '?' token (--max-steps 0 evaluates a saved model)")
     p.add_argument("--save", default="", help="save_pretrained the trained model (and processor) here at the end")
     args = p.parse_args()
     args.phrase_overrides = dict(item.split("=", 1) for item in args.phrase.split(",") if item)
@@ -497,8 +581,8 @@ def main():
                               relation_loss_layers=[int(x) for x in args.relation_layers.split(",")])
     hint_layers = tuple(int(x) for x in args.hint_layers.split(","))
     captured: dict[int, torch.Tensor] = {}
-    if args.hint_loss > 0:
-        for layer in set(hint_layers):
+    if args.hint_loss > 0 or args.word_hint > 0:
+        for layer in set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set()):
             model.model.language_model.layers[layer - 1].register_forward_hook(
                 lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
     readouts = None
@@ -522,6 +606,11 @@ def main():
         buckets = " | ".join(f"{k} {v[0]:.3f} (n={v[1]})" for k, v in r.items() if k != "all")
         print(f"step {step:5d} loss {loss_avg:.4f} acc {r['all'][0]:.3f} [{buckets}] {rate:.1f} scenes/s "
               f"{time.time() - t0:.0f} s", flush=True)
+        if args.report_words and args.style == "yes_no":
+            for w, row in sorted(evaluate_by_word(model, encoder, eval_set, hint_layers, args.word_hint_layer).items()):
+                print(f"    {w:9s} answer {row['answer']:.3f} (said yes {row['said_yes']:.2f}) | subject hint "
+                      f"{row['subject']:.3f} | word hint {row['word']:.3f} | set hint {row['set']:.3f} "
+                      f"(n={row['n']})", flush=True)
         if match_set or pair_set:
             r = evaluate_match(model, encoder, match_set, pair_set)
             print("    " + " | ".join(f"{k} {v[0]:.3f} (n={v[1]})" for k, v in r.items()), flush=True)
@@ -538,13 +627,17 @@ def main():
         rng = np.random.default_rng([args.seed, 1, step])
         batch = encode_mixed(encoder, [make_match_example(rng, world, args)[0] if rng.random() < args.match_fraction
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)])
-        hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set") if k in batch}
+        hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word") if k in batch}
         captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
         if args.hint_loss > 0 and hints:
             h = hint_loss(model, encoder, captured, hints, hint_layers)
             parts["loss/hint"] = h.item()
             loss = loss + args.hint_loss * h
+        if args.word_hint > 0 and hints:
+            h = word_hint_loss(model, encoder, captured, hints, args.word_hint_layer)
+            parts["loss/word_hint"] = h.item()
+            loss = loss + args.word_hint * h
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
