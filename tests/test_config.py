@@ -1,11 +1,14 @@
 """Unit tier: typed configs, YAML presets, dotted overrides, clear errors, --dry-run."""
 
 import re
+from pathlib import Path
 
 import pytest
 
 from jobs.build_dataset import BuildDatasetConfig, main
 from spatialrl.config import ConfigError, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_yaml_and_overrides_stack():
@@ -88,3 +91,20 @@ def test_driver_runtime_env_merges_with_a_submitted_jobs_env():
     assert "HF_HUB_OFFLINE" not in env and "SPATIALRL_MODELS" not in env and env["TRANSFORMERS_OFFLINE"] == "1"
     everything = {"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}}}
     assert driver_runtime_env({JOB_CONFIG_ENV: json.dumps(everything)}) == {}
+
+
+def test_train_reward_makes_a_relative_backbone_folder_absolute(tmp_path, monkeypatch):
+    # Ray Train's workers start in their own trial folder, where a folder named relative to the user's shell is
+    # not found (a run failed that way); the driver resolves it before anything is sent to them.
+    from spatialrl.reward.training import TrainRewardConfig
+
+    (tmp_path / "my_backbone").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainRewardConfig, str(REPO / "configs" / "reward_tiny.yaml"),
+                      ["model.backbone=my_backbone", "reader.processor=my_backbone"])
+    cfg.validate()
+    assert cfg.model.backbone == cfg.reader.processor == str(tmp_path / "my_backbone")
+    cfg = load_config(TrainRewardConfig, str(REPO / "configs" / "reward_tiny.yaml"), [])
+    preset = cfg.model.backbone
+    cfg.validate()
+    assert cfg.model.backbone == preset  # a preset name is not a folder here: left as it is

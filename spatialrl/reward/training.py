@@ -4,6 +4,7 @@ config and step count. The Ray Train loop that uses it: actors/reward_trainer.py
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from spatialrl.config import ConfigError
@@ -46,6 +47,13 @@ class TrainRewardConfig:
     num_cpus: int | None = None  # local Ray only
 
     def validate(self) -> None:
+        # A folder given relative to where the job was started: Ray Train's workers run in their own trial folder,
+        # where the relative path names nothing, so it is made absolute here, on the driver.
+        for section, key in ((self.model, "backbone"), (self.reader, "processor")):
+            value = getattr(section, key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                    and Path(value).expanduser().is_dir():
+                setattr(section, key, str(Path(value).expanduser().resolve()))
         if self.model.image_size != self.reader.image_size:
             raise ConfigError(
                 f"model.image_size={self.model.image_size} but reader.image_size={self.reader.image_size}: the "
