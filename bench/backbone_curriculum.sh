@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# The relation curriculum on the shipped backbone (grown to 6 layers, full k/v heads), as chained probe runs.
+# The relation curriculum on the shipped backbone (grown to 6 LM layers, full k/v heads), as chained probe runs:
+# the recipe of the resume points in assets/tiny-pretrained/qwen2_5_vl_curriculum/ (their logs sit beside them).
 # Each stage saves a Hugging Face folder that the next starts from; logs go next to them. Stages:
-#   s1  one relation word (left_of), the question hints on (subject colour at layer 2, its relation set at 4)
-#   s2  all four positional words from s1 (the hint names the set for the asked word, so no XOR at the answer)
-#   s3  s2's questions mixed half and half with the reward model's own question (reward instruction + the world's
-#       full prompt, true or 1-2 relations flipped -> yes/no), with dataset-style preference pairs evaluated
-# Usage: bash bench/backbone_curriculum.sh OUT [FIRST_STAGE]   (e.g. runs/bb s2 to continue from OUT/s1)
+#   s1  one relation word (left_of), question hints on (subject colour after layer 2, its relation set after 4)
+#   s2  one word per axis (left_of, above)                     -> s2_left_above
+#   s3  all four words, four relation sets at the vision tower's output, each through its own linear read-out
+#                                                              -> s3_four_linear (the horizontal pair at chance)
+#   s4  as s3 plus the word hint (the "?" names the asked word after layer 3): every word >= 0.98
+#                                                              -> s4_word_hint
+#   s5  (open: the match task still sits at chance here) s4's questions half and half with the reward model's own
+#       question (reward instruction + the world's full prompt, true or 1-2 relations flipped -> yes/no)
+# Usage: bash bench/backbone_curriculum.sh OUT [FIRST_STAGE]   (e.g. OUT s5 continues from OUT/s4, or copy a
+# shipped resume point to OUT/s4 first). THREADS (default 1) sets torch threads; wall times in bench/RESULTS.md.
 set -euo pipefail
 out=${1:-runs/curriculum}
 first=${2:-s1}
-threads=${THREADS:-2}
+threads=${THREADS:-1}
 mkdir -p "$out"
 PY=.venv/bin/python
-common=(--relation-loss 1 --relation-layers 0,0 --hint-loss 1 --threads "$threads")
-run() { local name=$1; shift; echo "== $name: $*"; $PY bench/relation_probe.py "${common[@]}" "$@" --save "$out/$name" > "$out/$name.log" 2>&1; tail -n 4 "$out/$name.log"; }
+four=(--relations left_of,right_of,above,below --relation-layers 0,0,0,0 --relation-readout linear)
+run() { local name=$1; shift; echo "== $name: $*"; $PY bench/relation_probe.py --relation-loss 1 --hint-loss 1 \
+        --threads "$threads" "$@" --save "$out/$name" > "$out/$name.log" 2>&1; tail -n 4 "$out/$name.log"; }
 case $first in
-  s1) run s1 --relations left_of --max-steps 2500 --minutes 40 ;&
-  s2) run s2 --init "$out/s1" --relations left_of,right_of,above,below --max-steps 1500 --minutes 25 --seed 1 ;&
-  s3) run s3 --init "$out/s2" --relations left_of,right_of,above,below --match-fraction 0.5 --match-scenes 200 \
-          --pair-eval 200 --max-steps 1500 --minutes 25 --seed 2 ;;
-  *) echo "unknown stage $first (use s1, s2 or s3)" >&2; exit 2 ;;
+  s1) run s1 --relation-layers 0,0 --relations left_of --max-steps 2500 ;&
+  s2) run s2 --init "$out/s1" --relation-layers 0,0 --relations left_of,above --max-steps 2000 --seed 1 ;&
+  s3) run s3 --init "$out/s2" "${four[@]}" --max-steps 2000 --minutes 40 --seed 2 ;&
+  s4) run s4 --init "$out/s3" "${four[@]}" --word-hint 1 --report-words --max-steps 2000 --minutes 40 --seed 3 ;&
+  s5) run s5 --init "$out/s4" "${four[@]}" --word-hint 1 --report-words --match-fraction 0.5 --match-scenes 200 \
+          --pair-eval 200 --max-steps 3000 --minutes 35 --seed 4 ;;
+  *) echo "unknown stage $first (use s1 .. s5)" >&2; exit 2 ;;
 esac
