@@ -259,13 +259,16 @@ def make_match_example(rng, world, args, *, blur=True):
         gaps.append(abs(coord[rel.subject] - coord[rel.object]) / scene.canvas * grid)
     labels = render_labels(scene)
     rel_t = relation_targets(scene, m, labels, args.image_size, world) if args.relation_loss > 0 else None
-    return MatchExample(img, writer.write(flipped), truth, patch_targets(scene, labels, args.image_size), rel_t), min(gaps)
+    prompt, ends = writer.write_with_clauses(flipped)
+    clauses = [(end, i not in flipped) for i, end in enumerate(ends)]
+    return MatchExample(img, prompt, truth, patch_targets(scene, labels, args.image_size), rel_t, clauses), min(gaps)
 
 
 class MatchExample:
-    def __init__(self, image, prompt, truth, patch, rel):
+    def __init__(self, image, prompt, truth, patch, rel, clauses=()):
         self.image, self.prompt, self.truth = image, prompt, truth
         self.patch_targets, self.relation_targets = patch, rel
+        self.clauses = list(clauses)  # per stated relation: (character offset where its sentence ends, holds?)
 
 
 def _image(rng, scene, args, blur):
@@ -286,10 +289,13 @@ def encode_mixed(encoder, examples):
     proc, tok = encoder.processor, encoder.tokenizer
     rows = []  # (ids, labels, mm_types)
     hint_rows = []  # per non-match row: (position in the row, subject colour, colour set)
+    clause_rows = []  # per row: (position of a stated relation's last token, holds?)
     for ex in examples:
         if isinstance(ex, MatchExample):
-            enc = proc(text=[reward_text(proc, ex.prompt)], images=[ex.image], return_tensors="pt")
+            text = reward_text(proc, ex.prompt)
+            enc = proc(text=[text], images=[ex.image], return_tensors="pt")
             ids = enc["input_ids"][0].tolist()
+            clause_rows.append(clause_positions(tok, ids, text, ex.prompt, ex.clauses))
             answer = encoder.yes_no[0] if ex.truth else encoder.yes_no[1]
             rows.append((ids + [answer], [-100] * len(ids) + [answer], enc["mm_token_type_ids"][0].tolist() + [0]))
             hint_rows.append([])
@@ -303,6 +309,7 @@ def encode_mixed(encoder, examples):
                 lab += piece if trained else [-100] * len(piece)
                 ends[si] = len(ids) - 1
             words = getattr(ex, "words", []) or [None] * len(getattr(ex, "hints", []))
+            clause_rows.append([])
             hint_rows.append([(ends[si], a, others, w)
                               for (si, a, others), w in zip(getattr(ex, "hints", []), words)])
             rows.append((ids, lab, mm + [0] * (len(ids) - len(mm))))
@@ -345,7 +352,29 @@ def encode_mixed(encoder, examples):
         batch["hint_first"] = torch.tensor(first)  # [N]: index of the subject's colour in RELATION_WORDS
         batch["hint_set"] = torch.from_numpy(np.stack(sets))  # [N, W]
         batch["hint_word"] = torch.tensor(word)  # [N]: the asked relation in KEY_WORDS (-1: none)
+    clause_where = [(r, width - len(rows[r][0]) + pos, holds) for r, cs in enumerate(clause_rows) for pos, holds in cs]
+    if clause_where:
+        batch["clause_where"] = torch.tensor([(r, c) for r, c, _ in clause_where])  # [M, 2]: row, position
+        batch["clause_holds"] = torch.tensor([h for _, _, h in clause_where])  # [M] bool
     return batch
+
+
+def clause_positions(tok, ids: list[int], text: str, prompt: str, clauses) -> list[tuple[int, bool]]:
+    """Where each stated relation's sentence ends in a reward query's token ids. `text` is the query before the
+    processor expanded its image slot; the image comes before the prompt, so a token after it sits in `ids` shifted
+    by the expansion. Raises if the shifted token is not the same token (the tokenisation did not line up)."""
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+    flat, offsets = enc["input_ids"], enc["offset_mapping"]
+    shift = len(ids) - len(flat)
+    base = text.index(prompt)
+    out = []
+    for end, holds in clauses:
+        k = next((k for k, (_, e) in enumerate(offsets) if e == base + end), None)
+        if k is None or ids[k + shift] != flat[k]:
+            raise ValueError(f"no token ends at character {end} of the prompt {prompt!r}: the clause hint cannot be "
+                             "placed")
+        out.append((k + shift, bool(holds)))
+    return out
 
 
 # The token that tells each yes/no relation word apart ("left of" and "right of" share their second token).
@@ -365,6 +394,18 @@ def word_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> tor
     norm = model.model.language_model.norm
     lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, ids].float(), dim=-1)  # [N, 4]
     return -lp.gather(1, hints["hint_word"][keep][:, None]).mean()
+
+
+def clause_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> torch.Tensor:
+    """Logit-lens cross-entropy over (" yes", " no") at the last token of each relation sentence of a reward query,
+    after `layer` decoder layers: does this stated relation hold in the image? The question skill the earlier
+    stages trained, asked of a sentence in the dataset's own templates; the final answer is then the AND of them."""
+    r, c = hints["clause_where"][:, 0], hints["clause_where"][:, 1]
+    yes, no = encoder.yes_no
+    norm = model.model.language_model.norm
+    lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, [yes, no]].float(), dim=-1)  # [M, 2]
+    target = (~hints["clause_holds"]).long()  # 0 = yes, 1 = no
+    return -lp.gather(1, target[:, None]).mean()
 
 
 def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]) -> torch.Tensor:
@@ -547,6 +588,10 @@ def main():
                    help="weight of the word hint: the '?' token names the asked relation word (left / right / "
                         "above / below) through the logit lens after --word-hint-layer layers")
     p.add_argument("--word-hint-layer", type=int, default=3)
+    p.add_argument("--clause-hint", type=float, default=0.0,
+                   help="weight of the clause hint on reward queries: at each stated relation's last token, the lens "
+                        "after --clause-hint-layer layers says yes / no (does that relation hold)")
+    p.add_argument("--clause-hint-layer", type=int, default=5)
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
@@ -581,8 +626,9 @@ def main():
                               relation_loss_layers=[int(x) for x in args.relation_layers.split(",")])
     hint_layers = tuple(int(x) for x in args.hint_layers.split(","))
     captured: dict[int, torch.Tensor] = {}
-    if args.hint_loss > 0 or args.word_hint > 0:
-        for layer in set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set()):
+    if args.hint_loss > 0 or args.word_hint > 0 or args.clause_hint > 0:
+        for layer in (set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set())
+                      | ({args.clause_hint_layer} if args.clause_hint > 0 else set())):
             model.model.language_model.layers[layer - 1].register_forward_hook(
                 lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
     readouts = None
@@ -627,14 +673,19 @@ def main():
         rng = np.random.default_rng([args.seed, 1, step])
         batch = encode_mixed(encoder, [make_match_example(rng, world, args)[0] if rng.random() < args.match_fraction
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)])
-        hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word") if k in batch}
+        hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word", "clause_where",
+                                           "clause_holds") if k in batch}
         captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
-        if args.hint_loss > 0 and hints:
+        if args.hint_loss > 0 and "hint_where" in hints:
             h = hint_loss(model, encoder, captured, hints, hint_layers)
             parts["loss/hint"] = h.item()
             loss = loss + args.hint_loss * h
-        if args.word_hint > 0 and hints:
+        if args.clause_hint > 0 and "clause_where" in hints:
+            h = clause_hint_loss(model, encoder, captured, hints, args.clause_hint_layer)
+            parts["loss/clause_hint"] = h.item()
+            loss = loss + args.clause_hint * h
+        if args.word_hint > 0 and "hint_where" in hints:
             h = word_hint_loss(model, encoder, captured, hints, args.word_hint_layer)
             parts["loss/word_hint"] = h.item()
             loss = loss + args.word_hint * h

@@ -112,6 +112,11 @@ class PromptWriter:
         return f"the {self.scene.objects[i].colour} {self.shape_word[i]}"
 
     def write(self, flipped: set[int] = frozenset()) -> str:
+        return self.write_with_clauses(flipped)[0]
+
+    def write_with_clauses(self, flipped: set[int] = frozenset()) -> tuple[str, list[int]]:
+        """The prompt, and for each relation the character offset where its sentence ends (one past its last
+        character), in the order of `self.relations`."""
         scene = self.scene
         bgw = BG_WORDS[scene.background.kind][self.bg].format(c0=scene.background.colours[0], c1=scene.background.colours[1])
         n = len(scene.objects)
@@ -121,11 +126,13 @@ class PromptWriter:
             parts = [INTROS[self.intro].format(bg=bgw, objects=_join([a_name[i] for i in self.list_order]), n=n_word)]
         else:
             parts = [COUNT_INTROS[self.count_intro].format(bg=bgw, n=n_word, N=_capitalise(n_word))]
+        ends = []
         for idx, rel in enumerate(self.relations):
             rtype = CONVERSE[rel.type] if idx in flipped else rel.type
             sentence = RELATION_TEMPLATES[rtype][self.templates[idx]].format(a=self.name(rel.subject), b=self.name(rel.object))
             link = self.links[idx]
             parts.append(link + sentence[:1].lower() + sentence[1:] if link else _capitalise(sentence))
+            ends.append(sum(len(q) for q in parts) + len(parts) - 1)  # " ".join: one space between parts
         if n > LIST_ALL_MAX:  # every object is named somewhere
             named = {i for r in self.relations for i in (r.subject, r.object)}
             rest = [a_name[i] for i in self.list_order if i not in named]
@@ -133,4 +140,4 @@ class PromptWriter:
                 parts.append(LEFTOVER[self.leftover].format(objects=_join(rest)))
         if self.outro:
             parts.append(self.outro)
-        return " ".join(parts)
+        return " ".join(parts), ends
