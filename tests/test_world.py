@@ -186,3 +186,28 @@ def test_verifier_ignores_a_speck_touching_an_object():
     res = verify(img, objects, [{"subject": 0, "type": "left_of", "object": 1}], margins_for(64))
     assert res.objects_present == [True, False]
     assert res.relations_hold == [False]
+
+
+def test_prompt_clause_ends_mark_each_relation_sentence():
+    from data_pipeline.prompts import PromptWriter
+    from data_pipeline.world import load_world_preset, sample_relations, sample_scene
+
+    world = load_world_preset("configs/dataset_easy.yaml")
+    rng = np.random.default_rng(3)
+    checked = 0
+    while checked < 30:
+        scene, m = sample_scene(rng, world)
+        relations = sample_relations(rng, scene, m, world)
+        if not relations:
+            continue
+        writer = PromptWriter(rng, scene, relations)
+        for flipped in (set(), {0}):
+            text, ends = writer.write_with_clauses(flipped)
+            assert text == writer.write(flipped) and len(ends) == len(relations)
+            starts = [0] + ends[:-1]
+            for rel, start, end in zip(relations, starts, ends):
+                sentence = text[start:end]
+                assert sentence.endswith(".") and text[end:end + 1] in ("", " ")
+                # the sentence names both of its objects by colour
+                assert writer.name(rel.subject).split()[1] in sentence and writer.name(rel.object).split()[1] in sentence
+        checked += 1
