@@ -260,7 +260,14 @@ def make_match_example(rng, world, args, *, blur=True):
     labels = render_labels(scene)
     rel_t = relation_targets(scene, m, labels, args.image_size, world) if args.relation_loss > 0 else None
     prompt, ends = writer.write_with_clauses(flipped)
-    clauses = [(end, i not in flipped) for i, end in enumerate(ends)]
+    from data_pipeline.relations import CONVERSE, relation_score
+
+    clauses = []  # (end, holds, subject colour, stated word, colours the subject stands in that word to)
+    for i, (end, rel) in enumerate(zip(ends, relations)):
+        stated = CONVERSE[rel.type] if i in flipped else rel.type
+        others = [scene.objects[k].colour for k in range(len(scene.objects))
+                  if k != rel.subject and relation_score(m, rel.subject, stated, k, world.margins) >= 1]
+        clauses.append((end, i not in flipped, scene.objects[rel.subject].colour, stated, others))
     return MatchExample(img, prompt, truth, patch_targets(scene, labels, args.image_size), rel_t, clauses), min(gaps)
 
 
@@ -268,7 +275,9 @@ class MatchExample:
     def __init__(self, image, prompt, truth, patch, rel, clauses=()):
         self.image, self.prompt, self.truth = image, prompt, truth
         self.patch_targets, self.relation_targets = patch, rel
-        self.clauses = list(clauses)  # per stated relation: (character offset where its sentence ends, holds?)
+        # per stated relation: (character offset where its sentence ends, holds?, subject colour, stated word,
+        # the subject's colour set for that word): the clause gets the question's hints at its last token
+        self.clauses = list(clauses)
 
 
 def _image(rng, scene, args, blur):
@@ -280,7 +289,7 @@ def _image(rng, scene, args, blur):
     return img
 
 
-def encode_mixed(encoder, examples):
+def encode_mixed(encoder, examples, clause_hints: bool = False):
     """A model batch from a mix of Examples (fixed prefix, answers after it) and MatchExamples (reward text in the
     user turn; the one trained token, " yes"/" no", is the first of the assistant turn): per-row token lists
     left-padded together, every processor key, the per-token targets stacked."""
@@ -295,10 +304,14 @@ def encode_mixed(encoder, examples):
             text = reward_text(proc, ex.prompt)
             enc = proc(text=[text], images=[ex.image], return_tensors="pt")
             ids = enc["input_ids"][0].tolist()
-            clause_rows.append(clause_positions(tok, ids, text, ex.prompt, ex.clauses))
+            places = clause_positions(tok, ids, text, ex.prompt, ex.clauses)
+            clause_rows.append(places)
+            # the question's hints at each clause's last token too (subject, word, set); the word hint names the
+            # canonical word whatever synonym the template used
+            hint_rows.append([(pos, c[2], c[4], c[3]) for (pos, _), c in zip(places, ex.clauses)]
+                             if clause_hints else [])
             answer = encoder.yes_no[0] if ex.truth else encoder.yes_no[1]
             rows.append((ids + [answer], [-100] * len(ids) + [answer], enc["mm_token_type_ids"][0].tolist() + [0]))
-            hint_rows.append([])
         else:
             ids, lab = list(encoder.prefix["input_ids"].tolist()), [-100] * len(encoder.prefix["input_ids"])
             mm = list(encoder.prefix["mm_token_type_ids"].tolist())
@@ -368,7 +381,7 @@ def clause_positions(tok, ids: list[int], text: str, prompt: str, clauses) -> li
     shift = len(ids) - len(flat)
     base = text.index(prompt)
     out = []
-    for end, holds in clauses:
+    for end, holds, *_ in clauses:
         k = next((k for k, (_, e) in enumerate(offsets) if e == base + end), None)
         if k is None or ids[k + shift] != flat[k]:
             raise ValueError(f"no token ends at character {end} of the prompt {prompt!r}: the clause hint cannot be "
@@ -672,7 +685,8 @@ def main():
             g["lr"] = lr
         rng = np.random.default_rng([args.seed, 1, step])
         batch = encode_mixed(encoder, [make_match_example(rng, world, args)[0] if rng.random() < args.match_fraction
-                                       else make_example(rng, world, args)[0] for _ in range(args.batch)])
+                                       else make_example(rng, world, args)[0] for _ in range(args.batch)],
+                             clause_hints=args.clause_hint > 0)
         hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word", "clause_where",
                                            "clause_holds") if k in batch}
         captured.clear()
