@@ -713,8 +713,10 @@ def main():
         aux.append({k: v for k, v in parts.items() if k != "loss/text"})
         if step % args.eval_every == 0:
             report(step, float(np.mean(window)), scenes / (time.time() - t_win))
-            if aux and aux[0]:
-                print("    aux " + " ".join(f"{k} {np.mean([a[k] for a in aux]):.4f}" for k in aux[0]), flush=True)
+            keys = list(dict.fromkeys(k for a in aux for k in a))  # a batch without match rows has no clause loss
+            if keys:
+                print("    aux " + " ".join(f"{k} {np.mean([a[k] for a in aux if k in a]):.4f}" for k in keys),
+                      flush=True)
             window, aux, t_win, scenes = [], [], time.time(), 0
     if step % args.eval_every:
         report(step, float(np.mean(window)) if window else float("nan"), scenes / max(1e-9, time.time() - t_win))

@@ -46,3 +46,14 @@ def test_a_few_steps_with_the_s4_recipe_report_every_loss():
                 "--eval-every", "2", "--eval-scenes", "8", "--batch", "4", "--report-words")
     assert "loss/word_hint" in out and "loss/hint" in out and "loss/relation/left_of" in out, out
     assert re.search(r"^step\s+2 loss [\d.]+ acc", out, re.M), out
+
+
+def test_clause_hints_on_reward_queries_mixed_with_questions():
+    # batch 1, half the steps a reward query: some logging windows hold steps without a clause loss (a run crashed
+    # on that at step 1,000 before the logging took the union of the losses)
+    out = probe("--init", str(S4), "--relations", ",".join(WORDS), "--relation-loss", "1", "--relation-layers",
+                "0,0,0,0", "--relation-readout", "linear", "--hint-loss", "1", "--word-hint", "1", "--clause-hint", "1",
+                "--match-fraction", "0.5", "--match-scenes", "4", "--max-steps", "6", "--eval-every", "3",
+                "--eval-scenes", "4", "--batch", "1")
+    assert out.count("loss/clause_hint") >= 1 and re.search(r"^step\s+6 loss", out, re.M), out
+    assert re.search(r"match/all [\d.]+ \(n=4\)", out), out
