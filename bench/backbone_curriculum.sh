@@ -8,8 +8,9 @@
 #                                                              -> s3_four_linear (the horizontal pair at chance)
 #   s4  as s3 plus the word hint (the "?" names the asked word after layer 3): every word >= 0.98
 #                                                              -> s4_word_hint
-#   s5  (open: the match task still sits at chance here) s4's questions half and half with the reward model's own
-#       question (reward instruction + the world's full prompt, true or 1-2 relations flipped -> yes/no)
+#   s5  s4's questions half and half with the reward model's own question (reward instruction + the world's full
+#       prompt, true or 1-2 relations flipped -> yes/no), each relation sentence's last token given the question's
+#       hints and a yes/no clause hint                         -> s5_clause_hints
 # Usage: bash bench/backbone_curriculum.sh OUT [FIRST_STAGE]   (e.g. OUT s5 continues from OUT/s4, or copy a
 # shipped resume point to OUT/s4 first). THREADS (default 1) sets torch threads; wall times in bench/RESULTS.md.
 set -euo pipefail
@@ -26,7 +27,7 @@ case $first in
   s2) run s2 --init "$out/s1" --relation-layers 0,0 --relations left_of,above --max-steps 2000 --seed 1 ;&
   s3) run s3 --init "$out/s2" "${four[@]}" --max-steps 2000 --minutes 40 --seed 2 ;&
   s4) run s4 --init "$out/s3" "${four[@]}" --word-hint 1 --report-words --max-steps 2000 --minutes 40 --seed 3 ;&
-  s5) run s5 --init "$out/s4" "${four[@]}" --word-hint 1 --report-words --match-fraction 0.5 --match-scenes 200 \
-          --pair-eval 200 --max-steps 3000 --minutes 35 --seed 4 ;;
+  s5) run s5 --init "$out/s4" "${four[@]}" --word-hint 1 --clause-hint 1 --match-fraction 0.5 --match-scenes 200 \
+          --pair-eval 200 --max-steps 3000 --minutes 25 --seed 5 ;;
   *) echo "unknown stage $first (use s1 .. s5)" >&2; exit 2 ;;
 esac
