@@ -75,7 +75,8 @@ class FluxSamplerConfig:
     sde_type: str = "flow_grpo"
     # 1 = the papers' independent noise per latent element. b > 1: one noise draw per channel and b x b block of
     # latent pixels (same per-pixel std), and the policy's log-prob on the block means only: exploration and credit
-    # in the low-frequency directions that decide a layout, so the policy gradient's variance drops by about b^2
+    # in the low-frequency directions that decide a layout, meant to cut the policy gradient's variance (on the toy
+    # generator it has not yet given a held-out gain)
     noise_block: int = 1
     guidance: float = 3.5  # FLUX.1-dev's distilled guidance, one forward per step
     # Stock FluxPipeline's true_cfg_scale: 1 = off (FLUX.1-dev is guidance-distilled). Above 1, a second forward
