@@ -196,11 +196,7 @@ def _make_example(rng, world, args, *, blur=True):
             phrase = args.phrase_overrides.get(word, phrase)
             add(f" is the {name(rng, A, args.synonym_prob)} {phrase} the {name(rng, B, args.synonym_prob)}?")
             # hint targets at the "?" token: A's colour, and the colours of the objects A is `word` of
-            from data_pipeline.relations import relation_score
-
-            others = [scene.objects[k].colour for k in range(len(scene.objects))
-                      if k != s and relation_score(m, s, word, k, world.margins) >= 1]
-            hints.append((len(segments) - 1, A.colour, others))
+            hints.append((len(segments) - 1, A.colour, relation_set(scene, m, world, s, word)))
             add(" yes" if truth else " no", True, gap)
         else:  # which: the answer is the object for which `word` holds against the other
             winner = rel.subject
@@ -260,14 +256,13 @@ def make_match_example(rng, world, args, *, blur=True):
     labels = render_labels(scene)
     rel_t = relation_targets(scene, m, labels, args.image_size, world) if args.relation_loss > 0 else None
     prompt, ends = writer.write_with_clauses(flipped)
-    from data_pipeline.relations import CONVERSE, relation_score
+    from data_pipeline.relations import CONVERSE
 
     clauses = []  # (end, holds, subject colour, stated word, colours the subject stands in that word to)
     for i, (end, rel) in enumerate(zip(ends, relations)):
         stated = CONVERSE[rel.type] if i in flipped else rel.type
-        others = [scene.objects[k].colour for k in range(len(scene.objects))
-                  if k != rel.subject and relation_score(m, rel.subject, stated, k, world.margins) >= 1]
-        clauses.append((end, i not in flipped, scene.objects[rel.subject].colour, stated, others))
+        clauses.append((end, i not in flipped, scene.objects[rel.subject].colour, stated,
+                        relation_set(scene, m, world, rel.subject, stated)))
     return MatchExample(img, prompt, truth, patch_targets(scene, labels, args.image_size), rel_t, clauses), min(gaps)
 
 
@@ -297,7 +292,7 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
 
     proc, tok = encoder.processor, encoder.tokenizer
     rows = []  # (ids, labels, mm_types)
-    hint_rows = []  # per non-match row: (position in the row, subject colour, colour set)
+    hint_rows = []  # per row: (position in the row, subject colour, colour set, asked word or None)
     clause_rows = []  # per row: (position of a stated relation's last token, holds?)
     for ex in examples:
         if isinstance(ex, MatchExample):
@@ -390,9 +385,30 @@ def clause_positions(tok, ids: list[int], text: str, prompt: str, clauses) -> li
     return out
 
 
-# The token that tells each yes/no relation word apart ("left of" and "right of" share their second token).
-KEY_WORDS = {"left_of": " left", "right_of": " right", "above": " above", "below": " below"}
-KEY_WORDS = list(KEY_WORDS)  # order: the index hint_word holds; the token is " " + the phrase's first word
+# The relation words the word hint names, in the order of the index hint_word holds; each is read through the
+# token that tells it apart (" left", " right", ...: "left of" and "right of" share their second token).
+KEY_WORDS = ("left_of", "right_of", "above", "below")
+
+
+def key_word_ids(encoder) -> torch.Tensor:
+    """The token id of each KEY_WORDS entry: the first word of its canonical phrasing, with its leading space."""
+    return torch.tensor([encoder._ids(f" {QA_PHRASES[w][0].split()[0]}")[0] for w in KEY_WORDS])
+
+
+def relation_set(scene, m, world, subject: int, word: str) -> list[str]:
+    """The colours of the objects `subject` stands decisively in relation `word` to (the set hint's target)."""
+    from data_pipeline.relations import relation_score
+
+    return [scene.objects[k].colour for k in range(len(scene.objects))
+            if k != subject and relation_score(m, subject, word, k, world.margins) >= 1]
+
+
+def capture_layers(model, layers, captured: dict) -> list:
+    """Forward hooks that keep each decoder layer's output (1-based `layers`) in `captured`; returns the handles."""
+    blocks = model.model.language_model.layers
+    return [blocks[layer - 1].register_forward_hook(
+        lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
+        for layer in layers]
 
 
 def word_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> torch.Tensor:
@@ -403,9 +419,8 @@ def word_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> tor
     if not bool(keep.any()):
         return torch.zeros(())
     r, c = hints["hint_where"][keep, 0], hints["hint_where"][keep, 1]
-    ids = torch.tensor([encoder._ids(f" {QA_PHRASES[w][0].split()[0]}")[0] for w in KEY_WORDS])
     norm = model.model.language_model.norm
-    lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, ids].float(), dim=-1)  # [N, 4]
+    lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, key_word_ids(encoder)].float(), dim=-1)
     return -lp.gather(1, hints["hint_word"][keep][:, None]).mean()
 
 
@@ -494,18 +509,13 @@ def evaluate_by_word(model, encoder, eval_set, hint_layers, word_layer: int = 3)
     lens after hint_layers[1] layers puts its top word in the subject's set for that word, "background" if
     empty), and the word hint (the lens after word_layer layers names the asked word among the four key words).
     A stalled word shows which step of its path is missing: finding the subject, or choosing its set."""
-    from spatialrl.standins.backbone import RELATION_WORDS
-
     model.eval()
     yes, no = encoder.yes_no
     ids = encoder.relation_word_ids
     norm = model.model.language_model.norm
-    layers = model.model.language_model.layers
     captured: dict[int, torch.Tensor] = {}
-    hooks = [layers[layer - 1].register_forward_hook(
-        lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
-        for layer in set(hint_layers) | {word_layer}]
-    key_ids = torch.tensor([encoder._ids(f" {QA_PHRASES[w][0].split()[0]}")[0] for w in KEY_WORDS])
+    hooks = capture_layers(model, set(hint_layers) | {word_layer}, captured)
+    key_ids = key_word_ids(encoder)
     hits: dict[str, dict[str, list]] = {}
     try:
         for start in range(0, len(eval_set), 32):
@@ -536,7 +546,6 @@ def evaluate_by_word(model, encoder, eval_set, hint_layers, word_layer: int = 3)
         for hk in hooks:
             hk.remove()
         model.train()
-    assert RELATION_WORDS  # the hint indices above are into this list
     return {w: {k: float(np.mean(v)) for k, v in row.items()} | {"n": len(row["answer"])} for w, row in hits.items()}
 
 
@@ -612,7 +621,7 @@ def main():
     p.add_argument("--pair-eval", type=int, default=0,
                    help="dataset-style preference pairs (perturbed image) scored by the yes-no margin (0 = off)")
     p.add_argument("--report-words", action="store_true",
-                   help="at each evaluation also print, per relation word, the answer, the subject hint and the set "
+                   help="at each evaluation also print, per relation word, the answer and the subject, word and set "
                         "hint accuracies at the '?' token (--max-steps 0 evaluates a saved model)")
     p.add_argument("--save", default="", help="save_pretrained the trained model (and processor) here at the end")
     args = p.parse_args()
@@ -640,10 +649,8 @@ def main():
     hint_layers = tuple(int(x) for x in args.hint_layers.split(","))
     captured: dict[int, torch.Tensor] = {}
     if args.hint_loss > 0 or args.word_hint > 0 or args.clause_hint > 0:
-        for layer in (set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set())
-                      | ({args.clause_hint_layer} if args.clause_hint > 0 else set())):
-            model.model.language_model.layers[layer - 1].register_forward_hook(
-                lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
+        capture_layers(model, set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set())
+                       | ({args.clause_hint_layer} if args.clause_hint > 0 else set()), captured)
     readouts = None
     if args.relation_loss > 0 and args.relation_readout == "linear":
         hidden_size = model.config.text_config.hidden_size
