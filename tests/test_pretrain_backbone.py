@@ -13,6 +13,7 @@ Run: .venv/bin/python -m pytest tests/test_pretrain_backbone.py -q
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,67 @@ def test_word_set_loss_reads_through_a_readout_when_given():
     loss = word_set_loss(model, batch, hidden, target, words, other)
     loss.backward()
     assert not torch.allclose(loss, bare) and other.weight.grad.abs().sum() > 0
+
+
+def test_curriculum_recipe_chains_stages_and_continues_a_stopped_run(tmp_path, capsys):
+    # Two one-step stages of the relation curriculum through the job: each saves a model folder that the next starts
+    # from; a second call reuses both; a later stage alone needs the earlier folder or --init; bad names are errors.
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from jobs.pretrain_backbone import main
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("common: [--max-steps, '1', --eval-scenes, '4', --eval-every, '1', --batch, '2']\n"
+                    "stages:\n  a: [--relations, left_of]\n  b: [--relations, 'left_of,above', --seed, '1']\n")
+    out = tmp_path / "cur"
+    assert main(["--recipe", "curriculum", "--plan", str(plan), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "== a:" in text and "== b:" in text and f"--init {out / 'a'}" in text
+    for stage in ("a", "b"):
+        assert "step     1 loss" in (out / f"{stage}.log").read_text()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "b")
+    assert model.config.text_config.num_hidden_layers == 6  # the shipped 4 layers grown by the first stage
+    assert main(["--recipe", "curriculum", "--plan", str(plan), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+
+    fresh = tmp_path / "fresh"
+    assert main(["--recipe", "curriculum", "--plan", str(plan), "--out", str(fresh), "--stages", "b"]) == 2
+    assert "--init" in capsys.readouterr().err
+    assert main(["--recipe", "curriculum", "--plan", str(plan), "--out", str(fresh), "--stages", "b",
+                 "--init", str(out / "a")]) == 0
+    assert (fresh / "b" / "config.json").is_file() and not (fresh / "a").exists()
+    assert main(["--recipe", "curriculum", "--plan", str(plan), "--out", str(fresh), "--stages", "zz"]) == 2
+    assert "unknown curriculum stage" in capsys.readouterr().err
+    assert main(["--recipe", "curriculum", "--plan", str(tmp_path / "none.yaml"), "--out", str(fresh)]) == 2
+
+
+def test_the_shipped_curriculum_plan_parses_and_names_the_resume_points():
+    from spatialrl.standins.curriculum import load_plan
+
+    plan = load_plan("configs/backbone_curriculum.yaml")
+    assert list(plan["stages"]) == ["s1", "s2", "s3", "s4", "s5", "s6", "s7"]
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "qwen2_5_vl_curriculum"
+    assert (shipped / "s5_clause_hints" / "config.json").is_file()
+
+
+def test_relation_targets_size_sets_by_hand():
+    # A big red square on the left, a small blue one on the right (168 px = 6 x 6 image tokens of 28 px): the red
+    # tokens' sets are right-of {blue}, below {}, left-of {}, above {}, smaller-than {blue}, bigger-than {}; the blue
+    # tokens' the converses. "background" marks an empty set; tokens no object dominates get no target.
+    from data_pipeline.relations import measure
+    from data_pipeline.world import Background, Obj, Scene, load_world_preset, render_labels
+    from spatialrl.standins.backbone import RELATION_SETS, RELATION_WORDS, relation_targets
+
+    world = load_world_preset("configs/dataset_default.yaml")
+    scene = Scene(168, [Obj("red", "square", "large", 56, 42, 84), Obj("blue", "square", "small", 28, 126, 84)],
+                  Background("solid", ("white", "white"), 0.0, (0.5, 0.5)), [0, 1], set())
+    labels = render_labels(scene)
+    m = measure(labels, 2)
+    t = relation_targets(scene, m, labels, 168, world, n_sets=6)
+    assert t.shape == (36, 6, len(RELATION_WORDS)) and RELATION_SETS[4:6] == ("smaller_than", "bigger_than")
+    red, blue, bg = RELATION_WORDS.index("red"), RELATION_WORDS.index("blue"), len(RELATION_WORDS) - 1
+    red_token, blue_token = 2 * 6 + 1, 3 * 6 + 4  # row 2 col 1 inside the red square; row 3 col 4 inside the blue
+    assert [int(t[red_token, r].argmax()) for r in range(6)] == [blue, bg, bg, bg, blue, bg]
+    assert [int(t[blue_token, r].argmax()) for r in range(6)] == [bg, bg, red, bg, bg, red]
+    assert t[0].sum() == 0  # the top-left corner token is background: no loss
+    assert np.array_equal(relation_targets(scene, m, labels, 168, world)[:, :4], t[:, :4])  # 4 sets: the same first 4

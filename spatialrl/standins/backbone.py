@@ -394,7 +394,7 @@ class Example:
     world: str  # "default" or "easy"
     kinds: list[str]  # per trained segment: "colour", "shape", "x", "y", "size", "qa/<axis>[/<other colour>]"
     patch_targets: np.ndarray | None = None  # [image tokens, len(PATCH_WORDS)]: what each token's region holds
-    relation_targets: np.ndarray | None = None  # [image tokens, 4, len(RELATION_WORDS)]: right-of/below/left-of/above
+    relation_targets: np.ndarray | None = None  # [image tokens, sets, len(RELATION_WORDS)]: RELATION_SETS order
 
 
 def _digits(value: float) -> str:
@@ -475,10 +475,17 @@ def patch_targets(scene, labels: np.ndarray, image_size: int) -> np.ndarray:
     return out
 
 
-def relation_targets(scene, m, labels: np.ndarray, image_size: int, world: WorldConfig) -> np.ndarray:
+# The order of relation_targets' set axis: set r of object o holds the objects k with `o SET_RELATIONS[r] k`, i.e.
+# the objects that stand in RELATION_SETS[r] to o (the converse word).
+RELATION_SETS = ("right_of", "below", "left_of", "above", "smaller_than", "bigger_than", "behind", "in_front_of")
+SET_RELATIONS = ("left_of", "above", "right_of", "below", "bigger_than", "smaller_than", "in_front_of", "behind")
+
+
+def relation_targets(scene, m, labels: np.ndarray, image_size: int, world: WorldConfig, n_sets: int = 4) -> np.ndarray:
     """For each image token mostly covered by one object o: the colours of the objects decisively to the right
-    of o, below o, left of o and above o, each as a uniform distribution over RELATION_WORDS ("background" when
-    there are none): [tokens, 4, words]. Rows of tokens that no object dominates are all zero (no loss).
+    of o, below o, left of o and above o (then, with n_sets 6 or 8: smaller than o, bigger than o, behind o, in
+    front of o), each as a uniform distribution over RELATION_WORDS ("background" when there are none):
+    [tokens, n_sets, words], in RELATION_SETS order. Rows of tokens that no object dominates are all zero (no loss).
 
     The first two sets hold every left/right/above/below fact of the scene (the other two are their converses);
     the last two put the set a converse question asks for on the subject's own tokens.
@@ -490,15 +497,15 @@ def relation_targets(scene, m, labels: np.ndarray, image_size: int, world: World
     lab = labels[np.ix_(idx, idx)].reshape(grid, 28, grid, 28).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
     n = len(scene.objects)
     share = np.stack([(lab == k + 1).mean(axis=1) for k in range(n)], axis=1)  # [tokens, objects]
-    sets = np.zeros((n, 4, len(RELATION_WORDS)), dtype=np.float32)
+    sets = np.zeros((n, n_sets, len(RELATION_WORDS)), dtype=np.float32)
     for o in range(n):
-        for r, rtype in enumerate(("left_of", "above", "right_of", "below")):  # o left of k <=> k is right of o
+        for r, rtype in enumerate(SET_RELATIONS[:n_sets]):  # o left of k <=> k is right of o
             others = [k for k in range(n) if k != o and relation_score(m, o, rtype, k, world.margins) >= 1]
             for k in others:
                 sets[o, r, RELATION_WORDS.index(scene.objects[k].colour)] = 1 / len(others)
             if not others:
                 sets[o, r, -1] = 1.0
-    out = np.zeros((grid * grid, 4, len(RELATION_WORDS)), dtype=np.float32)
+    out = np.zeros((grid * grid, n_sets, len(RELATION_WORDS)), dtype=np.float32)
     dominant = share.argmax(axis=1)
     covered = share.max(axis=1) >= 0.25
     out[covered] = sets[dominant[covered]]
@@ -720,9 +727,6 @@ def evaluate(model, encoder: ExampleEncoder, examples: list[Example], batch_size
            **{f"{k}_mae": float(np.mean(v)) if v else float("nan") for k, v in errors.items()}}
     out.update({f"qa_accuracy/{a}": float(np.mean(qa[a])) for a in AXES if qa[a]})
     return out
-
-
-RELATION_SETS = ("right_of", "below", "left_of", "above")  # the order of relation_targets' set axis
 
 
 def pretrain_loss(model, batch: dict[str, torch.Tensor], encoder: ExampleEncoder, data: PretrainDataConfig,
