@@ -51,6 +51,8 @@ def test_dry_run_prints_the_resolved_config(capsys):
     ("transformer.lr=fast", "transformer.lr"),
     ("transformer.cond_dropout=1.0", "cond_dropout"),
     ("init_from=configs", "init_from"),  # not a FluxPipeline folder
+    ("text.role_loss=1", "t5_lr"),  # the role loss trains the T5: needs a T5 learning rate
+    ("text.t5_lr=-1", "t5_lr"),
 ])
 def test_bad_config_values_are_config_errors(override, key, capsys):
     with pytest.raises(ConfigError, match=key):
@@ -128,6 +130,64 @@ def test_micro_run_saves_a_pipeline_that_diffusers_loads(tmp_path, one_torch_thr
     assert again.vae.config.shift_factor == pipe.vae.config.shift_factor
     for part in ("vae", "transformer"):  # no trace of the folder it started from
         assert "_name_or_path" not in json.loads((cont / part / "config.json").read_text())
+
+
+def test_role_targets_by_hand():
+    # "the red circle is left of the blue square. the green box is below the red circle.": red is left (0) on x
+    # and above (0) on y, blue is right (1), green is below (1); no stated side -> -1. Mentions: each colour
+    # token and the token after it, weighted 1/count (red is named twice: 4 tokens of 1/4).
+    from spatialrl.standins.generator import role_targets, t5_token_ids
+
+    tok = build_t5_tokenizer(world_corpus())
+    prompt = "the red circle is left of the blue square. the green box is below the red circle."
+    structured = [{"objects": [{"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"},
+                               {"colour": "green", "shape": "square"}],
+                   "relations": [{"subject": 0, "type": "left_of", "object": 1},
+                                 {"subject": 2, "type": "below", "object": 0}]}]
+    ids = t5_token_ids(tok, [prompt], 32)
+    mentions, labels = role_targets(tok, ids, structured, max_objects=4)
+    assert labels[0].tolist() == [[0, 0], [1, -1], [-1, 1], [-1, -1]]
+    pieces = tok.convert_ids_to_tokens(ids[0].tolist())
+    red = [i for i, w in enumerate(pieces) if (mentions[0, 0, i] > 0)]
+    assert [pieces[i] for i in red] == ["\u2581red", "\u2581circle"] * 2 and torch.allclose(mentions[0, 0, red], torch.tensor(0.25))
+    assert float(mentions[0, 3].sum()) == 0 and torch.allclose(mentions[0, :3].sum(-1), torch.ones(3))
+    # an object whose colour is never in the tokens gets no target, even with a stated side
+    cut = t5_token_ids(tok, [prompt], 4)  # "the red circle </s>": blue and green cut off
+    _, lab = role_targets(tok, cut, structured, max_objects=4)
+    assert lab[0, 1].tolist() == [-1, -1] and lab[0, 0].tolist() == [0, 0]
+
+
+def test_linear_probe_reads_a_planted_side_and_not_noise():
+    from spatialrl.standins.generator import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(800, 16, generator=g), torch.randint(0, 2, (800,), generator=g)
+    planted = x.clone()
+    planted[:, 3] += 3 * (2 * y - 1)
+    assert linear_probe_accuracy(planted[:600], y[:600], planted[600:], y[600:]) > 0.95
+    assert abs(linear_probe_accuracy(x[:600], y[:600], x[600:], y[600:]) - 0.5) < 0.12
+
+
+def test_micro_run_trains_the_t5_with_the_role_loss(tmp_path, one_torch_thread):
+    from transformers import T5EncoderModel
+
+    from jobs.pretrain_generator import main
+
+    out = tmp_path / "gen"
+    assert main(["--config", TOY, "--out", str(out), *_sets(MICRO), "--set", "transformer.steps=3",
+                 "--set", "text.t5_lr=1e-2", "--set", "text.role_loss=1", "--set", "transformer.ema_decay=0"]) == 0
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if e["stage"] == "transformer"]
+    assert len(steps) == 3 and all("loss/role" in e and 0 <= e["role_accuracy"] <= 1 for e in steps)
+    probe = json.loads((out / "summary.json").read_text())["role_probe"]
+    assert 0 <= probe["horizontal"] <= 1 and probe["horizontal_n"] >= 0
+    # the saved T5 is the trained one: the same seed's frozen T5 (a run without the T5 learning rate) differs
+    frozen = tmp_path / "frozen"
+    assert main(["--config", TOY, "--out", str(frozen), *_sets(MICRO), "--set", "transformer.steps=3",
+                 "--set", "transformer.ema_decay=0"]) == 0
+    a = T5EncoderModel.from_pretrained(out / "text_encoder_2").state_dict()
+    b = T5EncoderModel.from_pretrained(frozen / "text_encoder_2").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "flux"

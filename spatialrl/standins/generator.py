@@ -14,7 +14,8 @@ Stages (each a plain function, run top to bottom by `pretrain`):
    prompt, i.e. the same PromptWriter text and world as `jobs.build_dataset` writes to prompts_*.jsonl;
 2. text: the tiny fixture's CLIP, and a T5 with the fixture's shape whose tokenizer knows every word of the
    world's prompts (the fixture's T5 spells words like "rhombus" letter by letter: 2-3x longer sequences);
-   both random and frozen, like the frozen text encoders of real Flux;
+   both random and frozen, like the frozen text encoders of real Flux (or the T5 trained with the transformer,
+   `text.t5_lr`, with an auxiliary read-out of each object's side, `text.role_loss`: see TextConfig);
 3. VAE: `diffusers.AutoencoderKL`, 16 latent channels, MSE + a small KL term; its reconstructions are checked
    with the pixel verifier before anything else (object presence, relations); then its latent mean and std
    over the training images become `shift_factor` / `scaling_factor` in its config, as in Flux;
@@ -80,8 +81,20 @@ class TextConfig:
     # Relative-position bias of the frozen T5's 4 heads toward the previous token, the next token, itself and
     # the 2-7 tokens before (0 = a plain random T5). See `build_text_encoders`.
     local_attention_bias: float = 10.0
+    # Train the T5 with the transformer (by the flow loss, through the text states), at t5_lr (0 = frozen T5, as
+    # in FLUX.1). Flux's text tokens carry no positions, so which side of the image an object belongs on must be
+    # in its own T5 states; a linear probe reads it from the shipped frozen T5 only 58% (horizontal) / 62%
+    # (vertical) of the time (bench/t5_binding_probe.py). role_loss adds a linear read-out of exactly that
+    # (each named object's side per axis, from the mean state over its mentions) as an auxiliary loss on the T5;
+    # the read-out is not part of the saved pipeline.
+    t5_lr: float = 0.0
+    role_loss: float = 0.0
 
     def validate(self) -> None:
+        if self.t5_lr < 0 or self.role_loss < 0:
+            raise ConfigError("text.t5_lr and text.role_loss must be >= 0")
+        if self.role_loss > 0 and self.t5_lr == 0:
+            raise ConfigError("text.role_loss > 0 trains the T5: set text.t5_lr > 0 too (e.g. 3e-4)")
         if not 8 <= self.max_sequence_length <= 512:
             raise ConfigError(f"text.max_sequence_length={self.max_sequence_length}: use 8..512 (Flux's T5 takes 512)")
         if self.t5_layers < 1 or self.t5_dim < 8 or self.t5_dim % 4:
@@ -376,6 +389,138 @@ def encode_prompts(pipe, prompts: list[str], max_sequence_length: int, batch_siz
     return torch.cat(embeds), torch.cat(pooled)
 
 
+def t5_token_ids(tokenizer, prompts: list[str], max_sequence_length: int) -> torch.Tensor:
+    """`[N, L]` T5 ids exactly as `FluxPipeline._get_t5_prompt_embeds` makes them (padded to the length, cut)."""
+    with quiet_truncation_warnings():
+        return tokenizer(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+
+ROLE_SIDE = {"left_of": (0, -1), "right_of": (0, 1), "above": (1, -1), "below": (1, 1)}  # axis, subject's sign
+
+
+def role_targets(tokenizer, ids: torch.Tensor, structured: list[dict], max_objects: int = 9):
+    """Where each named object is mentioned, and the side it belongs on per axis.
+
+    Returns (mentions `[N, O, L]` float: 1/count at the object's colour token(s) and the token after each mention,
+    labels `[N, O, 2]` long: 1 = right / below, 0 = left / above, -1 = no stated side or conflicting sides).
+    """
+    n, length = ids.shape
+    mentions = torch.zeros(n, max_objects, length)
+    labels = torch.full((n, max_objects, 2), -1, dtype=torch.long)
+    for b, row in enumerate(structured):
+        seq = ids[b].tolist()
+        votes: dict[tuple[int, int], set[int]] = {}
+        for r in row["relations"]:
+            if r["type"] in ROLE_SIDE:
+                axis, sign = ROLE_SIDE[r["type"]]
+                votes.setdefault((r["subject"], axis), set()).add(sign)
+                votes.setdefault((r["object"], axis), set()).add(-sign)
+        for (obj, axis), signs in votes.items():
+            if len(signs) == 1 and obj < max_objects:
+                labels[b, obj, axis] = 1 if signs.pop() > 0 else 0
+        for obj, o in enumerate(row["objects"][:max_objects]):
+            colour = tokenizer(o["colour"], add_special_tokens=False).input_ids
+            for i in range(length - len(colour)):
+                if seq[i:i + len(colour)] == colour:
+                    mentions[b, obj, i + len(colour) - 1] = 1.0
+                    mentions[b, obj, i + len(colour)] = 1.0
+        mentions[b] /= mentions[b].sum(-1, keepdim=True).clamp(min=1.0)
+    labels[mentions.sum(-1) == 0] = -1  # never found in the tokens: no target
+    return mentions, labels
+
+
+@torch.no_grad()
+def role_features(t5, tokenizer, prompts: list[str], structured: list[dict], max_sequence_length: int):
+    """(features `[M, D]`, labels `[M]`, axis `[M]`) for every (prompt, object, axis) with a stated side: the
+    object's mean T5 state over its mentions, as the role read-out sees it."""
+    feats, labels, axes = [], [], []
+    for start in range(0, len(prompts), 128):
+        ids = t5_token_ids(tokenizer, prompts[start:start + 128], max_sequence_length)
+        mentions, lab = role_targets(tokenizer, ids, structured[start:start + 128])
+        f = torch.einsum("bol,bld->bod", mentions, t5(input_ids=ids)[0])  # [B, O, D]
+        for axis in (0, 1):
+            keep = lab[:, :, axis] >= 0
+            feats.append(f[keep])
+            labels.append(lab[:, :, axis][keep])
+            axes.append(torch.full((int(keep.sum()),), axis))
+    return torch.cat(feats), torch.cat(labels), torch.cat(axes)
+
+
+def linear_probe_accuracy(x_train, y_train, x_test, y_test, steps: int = 600, weight_decay: float = 1e-3) -> float:
+    """Held-out accuracy of a logistic regression (standardised features, Adam, full batch)."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    a, b = (x_train - mu) / sd, (x_test - mu) / sd
+    w = torch.zeros(a.shape[1], requires_grad=True)
+    c = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, c], lr=0.05, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(a @ w + c, y_train.float()).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(((b @ w + c > 0).long() == y_test).float().mean())
+
+
+def role_probe_accuracy(t5, tokenizer, train: Examples, held: Examples, max_sequence_length: int,
+                        n_train: int = 2000) -> dict[str, float]:
+    """How well a fresh linear probe reads each object's side from the T5 states (fit on training prompts, scored
+    on the held-out ones), per axis: what the Flux transformer has to work with."""
+    xa, ya, aa = role_features(t5, tokenizer, train.prompts[:n_train], train.structured[:n_train], max_sequence_length)
+    xb, yb, ab = role_features(t5, tokenizer, held.prompts, held.structured, max_sequence_length)
+    out = {}
+    for axis, name in ((0, "horizontal"), (1, "vertical")):
+        out[name] = round(linear_probe_accuracy(xa[aa == axis], ya[aa == axis], xb[ab == axis], yb[ab == axis]), 4)
+        out[f"{name}_n"] = int((ab == axis).sum())
+    return out
+
+
+class TextTrainer:
+    """The T5 trained with the transformer: its ids per training prompt, the empty prompt's ids, the role
+    read-out and its targets, and an EMA copy (the one saved, as for the transformer)."""
+
+    def __init__(self, t5, tokenizer, prompts: list[str], structured: list[dict], cfg: TextConfig, ema_decay: float):
+        import copy
+
+        self.t5, self.cfg = t5.requires_grad_(True).eval(), cfg  # eval: no dropout, still trained
+        self.ids = t5_token_ids(tokenizer, prompts, cfg.max_sequence_length)  # [N, L]
+        self.empty = t5_token_ids(tokenizer, [""], cfg.max_sequence_length)  # [1, L]
+        self.mentions, self.labels = role_targets(tokenizer, self.ids, structured)
+        self.head = torch.nn.Linear(t5.config.d_model, 2)  # per-axis logit: right / below
+        self.ema = copy.deepcopy(t5).requires_grad_(False).eval() if ema_decay > 0 else None
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.t5.parameters()) + list(self.head.parameters()), "weight_decay": 0.0,
+                 "lr_scale": None, "lr": self.cfg.t5_lr, "t5": True}]
+
+    def encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 states `[B, L, D]` of these prompts, the role loss and accuracy as a 3-vector)."""
+        states = self.t5(input_ids=self.ids[idx])[0]
+        if self.cfg.role_loss == 0:
+            return states, torch.zeros(3)
+        feats = torch.einsum("bol,bld->bod", self.mentions[idx], states)  # [B, O, D]
+        logits = self.head(feats)  # [B, O, 2]
+        lab = self.labels[idx]
+        keep = lab >= 0
+        if not bool(keep.any()):
+            return states, torch.zeros(3)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], lab[keep].float())
+        acc = ((logits[keep] > 0).long() == lab[keep]).float().mean()
+        return states, torch.stack([loss, acc.detach(), torch.tensor(float(keep.sum()))])
+
+    def empty_states(self) -> torch.Tensor:
+        return self.t5(input_ids=self.empty)[0][0]  # [L, D]
+
+    def update_ema(self, d: float) -> None:
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.t5.parameters()):
+                    pe.lerp_(p, 1 - d)
+
+    def final(self):
+        return (self.ema if self.ema is not None else self.t5.eval()).requires_grad_(False)
+
+
 # ----------------------------------------------------------------------------------------------------- VAE
 
 
@@ -502,12 +647,13 @@ def sample_sigmas(n: int, cfg: TransformerConfig, mu: float, gen: torch.Generato
 def train_transformer(
     transformer, latents: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, cfg: TransformerConfig,
     seed: int, log: Callable[[dict], None], log_every: int, uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
-    on_log: Callable[[int, torch.nn.Module], None] | None = None,
+    on_log: Callable[[int, torch.nn.Module], None] | None = None, text: TextTrainer | None = None,
 ):
     """Rectified flow matching on packed latents `[N, S, 64]`; returns the EMA copy (or the raw model).
 
     `uncond` = the empty prompt's (T5 states, CLIP pooled), used for `cond_dropout`; `on_log(step, model)` is
-    called at every log step with the model that would be saved (e.g. to sample it mid-run)."""
+    called at every log step with the model that would be saved (e.g. to sample it mid-run). With `text` (a
+    TextTrainer) the T5 states are computed per batch and the T5 is trained too (`embeds` is then unused)."""
     import copy
 
     if cfg.cond_dropout > 0 and uncond is None:
@@ -521,26 +667,31 @@ def train_transformer(
     ema = copy.deepcopy(transformer).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
     decay_params = [p for name, p in transformer.named_parameters() if p.ndim >= 2 and "embed" not in name]
     other = [p for name, p in transformer.named_parameters() if not (p.ndim >= 2 and "embed" not in name)]
-    opt = torch.optim.AdamW(
-        [{"params": decay_params, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.99),
-    )
+    groups = [{"params": decay_params, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups + (text.param_groups() if text else []), lr=cfg.lr, betas=(0.9, 0.99))
     transformer.train()
     guidance = torch.full((cfg.batch_size,), cfg.guidance)
     order = torch.randperm(n, generator=gen)
     pos, t0, c0, running = 0, time.time(), time.process_time(), []
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac)
+            base = text.cfg.t5_lr if group.get("t5") else cfg.lr
+            group["lr"] = _lr_at(step, cfg.steps, base, cfg.warmup_steps, cfg.min_lr_frac)
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         x0 = latents[idx]  # [B, S, 64]
-        emb, pool = embeds[idx], pooled[idx]  # [B, L, D], [B, Dp]
+        role = torch.zeros(3)
+        if text is not None:
+            emb, role = text.encode(idx)  # [B, L, D] with grad into the T5
+            empty = text.empty_states() if cfg.cond_dropout > 0 else None
+        else:
+            emb, empty = embeds[idx], uncond[0] if uncond is not None else None  # [B, L, D]
+        pool = pooled[idx]  # [B, Dp]
         if cfg.cond_dropout > 0:
             drop = torch.rand(len(idx), generator=gen) < cfg.cond_dropout  # [B]
-            emb = torch.where(drop[:, None, None], uncond[0], emb)
+            emb = torch.where(drop[:, None, None], empty, emb)
             pool = torch.where(drop[:, None], uncond[1], pool)
         noise = torch.randn(x0.shape, generator=gen)
         t = sample_sigmas(len(idx), cfg, mu, gen)  # [B]
@@ -550,20 +701,31 @@ def train_transformer(
             encoder_hidden_states=emb, txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
         )[0]  # [B, S, 64]
         loss = (v - (noise - x0)).pow(2).mean()
+        total = loss + (text.cfg.role_loss * role[0] if text is not None and text.cfg.role_loss > 0 else 0.0)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), cfg.grad_clip)
+        if text is not None:
+            torch.nn.utils.clip_grad_norm_(text.t5.parameters(), cfg.grad_clip)
         opt.step()
+        d = min(cfg.ema_decay, (1 + step) / (10 + step))
         if ema is not None:
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 for pe, p in zip(ema.parameters(), transformer.parameters()):
                     pe.lerp_(p, 1 - d)
-        running.append(loss.item())
+        if text is not None:
+            text.update_ema(d)
+        r0, r1, r2 = (float(v) for v in role.detach())
+        running.append([loss.item(), r0, r1 * r2, r2])
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            log({"stage": "transformer", "step": step + 1, "loss/flow": round(float(np.mean(running)), 5),
-                 "grad_norm": round(float(grad_norm), 3), "lr": round(opt.param_groups[0]["lr"], 7),
-                 "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)})
+            r = np.array(running)
+            entry = {"stage": "transformer", "step": step + 1, "loss/flow": round(float(r[:, 0].mean()), 5),
+                     "grad_norm": round(float(grad_norm), 3), "lr": round(opt.param_groups[0]["lr"], 7),
+                     "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+            if text is not None and text.cfg.role_loss > 0:
+                entry["loss/role"] = round(float(r[:, 1].mean()), 4)
+                entry["role_accuracy"] = round(float(r[:, 2].sum() / max(r[:, 3].sum(), 1)), 4)  # training batches
+            log(entry)
             running = []
             if on_log is not None:
                 on_log(step + 1, ema if ema is not None else transformer)
@@ -748,8 +910,15 @@ def pretrain(cfg: GeneratorPretrainConfig, out_dir: Path, log: Callable[[dict], 
     clock.start()
     transformer = start["transformer"] if start else build_transformer(cfg.transformer, embeds.shape[-1], pooled.shape[-1], cfg.seed)
     summary["transformer_params"] = sum(p.numel() for p in transformer.parameters())
+    text = None
+    if cfg.text.t5_lr > 0:
+        text = TextTrainer(t5, t5_tok, train.prompts, train.structured, cfg.text, cfg.transformer.ema_decay)
     transformer = train_transformer(transformer, packed, embeds, pooled, cfg.transformer, cfg.seed, log, cfg.log_every,
-                                    uncond=(empty_embeds[0], empty_pooled[0]))
+                                    uncond=(empty_embeds[0], empty_pooled[0]), text=text)
+    if text is not None:
+        t5 = text.final()
+        summary["role_probe"] = role_probe_accuracy(t5, t5_tok, train, held, cfg.text.max_sequence_length)
+        log({"stage": "role_probe", **summary["role_probe"]})
     model_dir = save_pipeline(out_dir, vae=vae, transformer=transformer, clip=clip, clip_tokenizer=clip_tok,
                               t5=t5, t5_tokenizer=t5_tok, dtype=save_dtype)
     summary["size_mb"] = round(folder_mb(model_dir), 2)
