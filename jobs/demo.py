@@ -1,12 +1,14 @@
 """`make demo`: the paper's method end to end on a laptop CPU, into runs/demo/.
 
-The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL pretrained
-on the spatial world and a toy Flux generator), the way a real user starts from downloaded Qwen2.5-VL-7B and
+The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL taught
+relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5_clause_hints`, and a toy Flux generator), the way a real user starts from downloaded Qwen2.5-VL-7B and
 FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
 64 px, 2-3 objects, positional relations):
 
-  1. dataset/     jobs.build_dataset (easy world) + jobs.verify_dataset (both fractions must be 1.0)
-  2. reward/      jobs.train_reward (configs/reward_demo.yaml: LoRA on tiny-pretrained) + jobs.eval_reward
+  1. dataset/     jobs.build_dataset (easy world, 2,100 pairs: 1,512 train, 84 val, 504 test) + jobs.verify_dataset
+                  (both fractions must be 1.0)
+  2. reward/      jobs.train_reward (configs/reward_demo.yaml: LoRA on the curriculum backbone) + jobs.eval_reward
+                  on the 504 test pairs
   3. generator/   the shipped toy generator, copied (FluxPipeline.from_pretrained loads it)
   4. grpo/        jobs.grpo (configs/grpo_demo.yaml) with SpatialScore as the reward; LoRA in grpo/final/
   5. summary.json held-out prompts' mean SpatialScore and verifier relation accuracy, base vs after GRPO,
@@ -17,9 +19,10 @@ stands in for), reported beside the main result: what the RL stage achieves with
 
 Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
-pretrained/ and uses those instead of the shipped assets.
+pretrained/ and uses those instead of the shipped assets: the backbone's base recipe, then its relation curriculum
+up to s5 (`jobs.pretrain_backbone --recipe curriculum`, hours on a CPU), as the shipped backbone was made.
 
-    python -m jobs.demo --out runs/demo [--pairs 2000] [--force] [--from-scratch] [--control] [--dry-run]
+    python -m jobs.demo --out runs/demo [--pairs 2100] [--force] [--from-scratch] [--control] [--dry-run]
     python -m jobs.demo --control --set grpo.steps=10 --set sampler.num_steps=6   # GRPO keys reach both GRPO runs
 """
 
@@ -40,6 +43,10 @@ from spatialrl.config import REPO_ROOT, ConfigError, add_config_args, config_fro
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
 REWARD_DEMO = "configs/reward_demo.yaml"
+# The backbone of the relation curriculum (bench/backbone_curriculum.sh, stage s5): answers relation questions and
+# the reward model's "does this image match" question on the easy world; the older `qwen2_5_vl` ranks at chance.
+CURRICULUM_BACKBONE = ASSETS / "qwen2_5_vl_curriculum" / "s5_clause_hints"
+CURRICULUM_BACKBONE_STAGE = "s5"  # its stage in configs/backbone_curriculum.yaml (what --from-scratch rebuilds)
 
 
 GRPO_SECTIONS = ("sampler", "learner", "reward", "grpo", "data", "cluster")  # jobs.grpo's config sections
@@ -47,10 +54,11 @@ GRPO_SECTIONS = ("sampler", "learner", "reward", "grpo", "data", "cluster")  # j
 
 @dataclass
 class DemoConfig:
-    pairs: int = 2000  # easy-world preference pairs to build
+    pairs: int = 2100  # easy-world preference pairs to build
+    splits: list[float] = dataclasses.field(default_factory=lambda: [0.72, 0.04, 0.24])  # train / val / test: 504 test pairs
     control: bool = False  # also GRPO with the verifier as the reward into OUT/control
     from_scratch: bool = False  # rerun the two pretraining jobs instead of using assets/tiny-pretrained/
-    backbone: str = str(ASSETS / "qwen2_5_vl")  # the reward model's Qwen2.5-VL folder
+    backbone: str = str(CURRICULUM_BACKBONE)  # the reward model's Qwen2.5-VL folder
     generator: str = str(ASSETS / "flux")  # the base Flux folder
     reward_config: str = REWARD_DEMO
     grpo_config: str = "configs/grpo_demo.yaml"
@@ -58,9 +66,17 @@ class DemoConfig:
     def validate(self) -> None:
         if self.pairs < 20:
             raise ConfigError(f"pairs={self.pairs}: the demo needs at least 20 pairs (train, val and test splits)")
+        if len(self.splits) != 3 or any(f <= 0 for f in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
+            raise ConfigError(f"splits={self.splits}: give three positive fractions (train, val, test) summing to 1")
         for key in ("reward_config", "grpo_config"):
             if not Path(getattr(self, key)).is_file():
                 raise ConfigError(f"{key}={getattr(self, key)!r} does not exist; presets live in configs/")
+
+
+def dataset_sizes(dataset: Path) -> dict[str, int]:
+    """Pairs per split of a built dataset, from its manifest."""
+    counts = json.loads((dataset / "manifest.json").read_text()).get("counts", {})
+    return {split: int(c.get("pairs", 0)) for split, c in counts.items()}
 
 
 def stage(title: str, done: Path, run) -> None:
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     grpo_overrides = [o for o in args.overrides if o.split(".", 1)[0] in GRPO_SECTIONS]
     args.overrides = [o for o in args.overrides if o not in grpo_overrides]
     try:
-        cfg = config_from_args(DemoConfig, args, {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+        cfg = config_from_args(DemoConfig, args, {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DemoConfig)})
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.runtime import ray_session
     from jobs import build_dataset, eval_reward, grpo, train_reward, verify_dataset
+    from jobs.build_dataset import split_sizes
 
     out: Path = args.out
     if args.force and out.exists():
@@ -125,12 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.from_scratch:
                 from jobs import pretrain_backbone, pretrain_generator
 
-                backbone, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
-                stage("pretraining the tiny Qwen2.5-VL backbone", backbone / "config.json", lambda: pretrain_backbone.main(
-                    ["--config", "configs/backbone_tiny.yaml", "--out", str(backbone)]))
+                base, flux = out / "pretrained" / "qwen2_5_vl", out / "pretrained" / "flux"
+                curriculum = out / "pretrained" / "qwen2_5_vl_curriculum"
+                backbone = curriculum / CURRICULUM_BACKBONE_STAGE
+                stage("pretraining the tiny Qwen2.5-VL backbone", base / "config.json", lambda: pretrain_backbone.main(
+                    ["--config", "configs/backbone_tiny.yaml", "--out", str(base)]))
+                stage("the backbone's relation curriculum (s1-s5, hours on a CPU)", backbone / "config.json",
+                      lambda: pretrain_backbone.main(["--recipe", "curriculum", "--out", str(curriculum), "--stages",
+                                                      "s1,s2,s3,s4,s5", "--base", str(base)]))
                 stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
                     ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
-            shipped = {"qwen": ASSETS / "qwen2_5_vl", "flux": ASSETS / "flux"}
+            shipped = {"qwen": CURRICULUM_BACKBONE, "flux": ASSETS / "flux"}
             random_models = []
             if not cfg.from_scratch:
                 # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
@@ -165,17 +187,22 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_dir():
                     raise SystemExit(f"{path} is missing: the shipped models live in assets/tiny-pretrained/ (restore "
                                      f"them with git checkout, or run make demo-from-scratch to rebuild them)")
+            if (dataset / "manifest.json").is_file() and dataset_sizes(dataset) != split_sizes(cfg.pairs, cfg.splits):
+                print(f"== {dataset} holds {dataset_sizes(dataset)} pairs, not the {split_sizes(cfg.pairs, cfg.splits)} "
+                      "asked for: rebuilding it and redoing the stages after it", flush=True)
+                for stale in (dataset, out / "verify.json", reward, generator, run, out / "control"):
+                    shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
             stage(f"1/4 building {cfg.pairs} easy-world pairs", dataset / "manifest.json", lambda: build_dataset.main(
                 ["--config", "configs/dataset_easy.yaml", "--pairs", str(cfg.pairs), "--out", str(dataset),
-                 "--overwrite"]))
+                 "--set", f"splits={json.dumps(cfg.splits)}", "--overwrite"]))
             stage("1/4 verifying every pair", out / "verify.json", lambda: verify_dataset.main(
                 ["--data", str(dataset), "--json", str(out / "verify.json")]))
-            stage("2/4 training SpatialScore (LoRA on the pretrained tiny Qwen2.5-VL)", reward / "final",
+            stage("2/4 training SpatialScore (LoRA on the tiny Qwen2.5-VL backbone)", reward / "final",
                   lambda: train_reward.main(["--config", cfg.reward_config, "--data", str(dataset),
                                              "--out", str(reward), "--overwrite",
                                              "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
             stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
-                ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test",
+                ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test", "--no-head-baselines",
                  "--json", str(reward / "eval.json"), "--markdown", str(reward / "eval.md")]))
             stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
                   lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)

@@ -47,12 +47,20 @@ PAPER_ROWS = [  # reported in the paper (its own benchmark and models), for orie
 class PairScorer:
     """Ray Data actor: scores chosen and rejected images of a batch of pairs with every model."""
 
-    def __init__(self, checkpoint: str, batch_size: int, seed: int, vlm_judge: str | None = None):
+    def __init__(self, checkpoint: str, batch_size: int, seed: int, vlm_judge: str | None = None,
+                 head_baselines: bool = True):
         import torch
 
         from spatialrl.reward.scorer import SpatialScorer
 
         self.scorers = {"spatialscore": SpatialScorer.from_checkpoint(checkpoint, batch_size=batch_size)}
+        self.vlm = None
+        if vlm_judge:
+            from spatialrl.reward.judges import VLMJudge
+
+            self.vlm = VLMJudge(vlm_judge, batch_size=batch_size)
+        if not head_baselines:
+            return
         cfg = self.scorers["spatialscore"].model.cfg
         head_only = SpatialScorer.from_checkpoint(checkpoint, batch_size=batch_size)
         with torch.random.fork_rng(devices=[]):
@@ -62,12 +70,6 @@ class PairScorer:
                     module.reset_parameters()
         self.scorers["untrained_head"] = head_only
         self.scorers["fresh_lora_head"] = SpatialScorer.untrained(cfg=cfg, seed=seed, batch_size=batch_size)
-        if vlm_judge:
-            from spatialrl.reward.judges import VLMJudge
-
-            self.vlm = VLMJudge(vlm_judge, batch_size=batch_size)
-        else:
-            self.vlm = None
 
     def __call__(self, batch: dict) -> dict:
         prompts = list(batch["prompt"])
@@ -135,6 +137,7 @@ class EvalRewardConfig:
     max_pairs: int = 0  # 0 = every pair of the split
     seed: int = 0
     vlm_judge: str = "backbone"  # zero-shot VLM-judge baseline: backbone, a preset, hub id or folder; none to skip
+    head_baselines: bool = True  # also score the checkpoint with an untrained head, and a fresh LoRA + head
     address: str = ""  # empty: RAY_ADDRESS or a new local Ray
     num_cpus: int = 0  # local Ray only; 0 = the machine's
 
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-judge",
                         help="Qwen2.5-VL for the zero-shot VLM-judge baseline: backbone (the checkpoint's), a preset, "
                              "hub id (Qwen/Qwen2.5-VL-7B-Instruct) or folder; none to skip")
+    parser.add_argument("--no-head-baselines", dest="head_baselines", action="store_false", default=None,
+                        help="skip the two untrained-head baselines (half the scoring time)")
     parser.add_argument("--address")
     parser.add_argument("--num-cpus", type=int)
     args = parser.parse_args(argv)
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = ds.map_batches(
             PairScorer, fn_constructor_kwargs={"checkpoint": str(Path(cfg.checkpoint).resolve()),
                                                "batch_size": cfg.batch_size, "seed": cfg.seed,
-                                               "vlm_judge": vlm_judge},
+                                               "vlm_judge": vlm_judge, "head_baselines": cfg.head_baselines},
             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
             num_cpus=cfg.cpus_per_actor,
         ).to_pandas()

@@ -32,3 +32,20 @@ def test_demo_chain_end_to_end(tmp_path, ray_local):
     assert c["verifier_gain_se"] >= 0 and c["reward_hacking"]["fired_steps"] == []
     # a second call reuses every stage
     assert demo.main(["--out", str(out), "--pairs", "300"]) == 0
+
+
+def test_demo_config_defaults_and_bad_splits(capsys, tmp_path):
+    # the default demo builds >= 500 test pairs on the curriculum backbone; bad splits are a config error
+    from jobs import demo
+    from jobs.build_dataset import split_sizes
+
+    assert demo.main(["--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "qwen2_5_vl_curriculum/s5_clause_hints" in text
+    cfg = demo.DemoConfig()
+    assert split_sizes(cfg.pairs, cfg.splits)["test"] >= 500
+    assert demo.main(["--dry-run", "--set", "splits=[0.5,0.5]"]) == 2
+    assert "splits" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"train": {"pairs": 9}, "val": {"pairs": 1},
+                                                                   "test": {"pairs": 2}}}))
+    assert demo.dataset_sizes(tmp_path) == {"train": 9, "val": 1, "test": 2}

@@ -42,3 +42,9 @@ def test_eval_job_end_to_end(ray_local, tmp_path):
     assert evaluate(["--checkpoint", str(tmp_path), "--data", str(data)]) == 2  # not a checkpoint: clear error
     missing = tmp_path / "no-such-qwen"
     assert evaluate(["--checkpoint", str(ckpt), "--data", str(data), "--vlm-judge", str(missing)]) == 2
+    # without the head baselines: SpatialScore and the VLM judge only, the same SpatialScore numbers
+    lean = tmp_path / "lean.json"
+    assert evaluate(["--checkpoint", str(ckpt), "--data", str(data), "--json", str(lean), "--batch-size", "8",
+                     "--no-head-baselines"]) == 0
+    lean_report = json.loads(lean.read_text())
+    assert set(lean_report["baselines"]) == {"vlm_judge"} and lean_report["accuracy"] == report["accuracy"]
