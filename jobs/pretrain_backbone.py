@@ -65,12 +65,23 @@ def curriculum(args) -> int:
     from spatialrl.config import ConfigError
     from spatialrl.standins.curriculum import run_curriculum
 
+    if args.config != "configs/backbone_tiny.yaml" or args.overrides or args.from_scratch:
+        print("config error: --config, --set and --from-scratch belong to --recipe base; the curriculum's stages are "
+              "in --plan", file=sys.stderr)
+        return 2
+    if args.dry_run:  # the plan's stages, validated, with the arguments each stage runs with
+        from spatialrl.standins.curriculum import load_plan
+
+        try:
+            plan = load_plan(args.plan)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        for name, stage_args in plan["stages"].items():
+            print(f"{name}: {' '.join(plan['common'] + stage_args)}")
+        return 0
     if not args.out:
         print("config error: --recipe curriculum needs --out (the folder for the stages)", file=sys.stderr)
-        return 2
-    if args.config != "configs/backbone_tiny.yaml" or args.overrides or args.from_scratch or args.dry_run:
-        print("config error: --config, --set, --from-scratch and --dry-run belong to --recipe base; the curriculum's "
-              "stages are in --plan", file=sys.stderr)
         return 2
     t0 = time.time()
     try:

@@ -31,6 +31,8 @@ def test_preset_dry_runs(path: Path, tmp_path, capsys):
                  "--set", f"reward.checkpoint={tmp_path / 'rm'}"]
     if job.__name__ == "jobs.serve_reward":
         argv += ["--checkpoint", str(tmp_path / "rm")]
+    if path.stem == "backbone_curriculum":  # a stage plan, read by the job's curriculum recipe
+        argv = ["--recipe", "curriculum", "--plan", str(path), "--dry-run"]
     assert job.main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert out.strip(), "--dry-run printed no resolved config"
