@@ -491,7 +491,7 @@ class TextTrainer:
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.t5.parameters()) + list(self.head.parameters()), "weight_decay": 0.0,
-                 "lr_scale": None, "lr": self.cfg.t5_lr, "t5": True}]
+                 "lr": self.cfg.t5_lr, "t5": True}]
 
     def encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 states `[B, L, D]` of these prompts, the role loss and accuracy as a 3-vector)."""
