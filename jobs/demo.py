@@ -1,8 +1,8 @@
 """`make demo`: the paper's method end to end on a laptop CPU, into runs/demo/.
 
 The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL taught
-relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5_clause_hints`, and a toy Flux generator), the way a real user starts from downloaded Qwen2.5-VL-7B and
-FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
+relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5_clause_hints`, and a toy Flux generator),
+the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
 64 px, 2-3 objects, positional relations):
 
   1. dataset/     jobs.build_dataset (easy world, 2,100 pairs: 1,512 train, 84 val, 504 test) + jobs.verify_dataset
@@ -43,7 +43,7 @@ from spatialrl.config import REPO_ROOT, ConfigError, add_config_args, config_fro
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
 REWARD_DEMO = "configs/reward_demo.yaml"
-# The backbone of the relation curriculum (bench/backbone_curriculum.sh, stage s5): answers relation questions and
+# The backbone of the relation curriculum (configs/backbone_curriculum.yaml, stage s5): answers relation questions and
 # the reward model's "does this image match" question on the easy world; the older `qwen2_5_vl` ranks at chance.
 CURRICULUM_BACKBONE = ASSETS / "qwen2_5_vl_curriculum" / "s5_clause_hints"
 CURRICULUM_BACKBONE_STAGE = "s5"  # its stage in configs/backbone_curriculum.yaml (what --from-scratch rebuilds)
