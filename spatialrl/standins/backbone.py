@@ -576,14 +576,19 @@ class ExampleEncoder:
             attention[r, start:] = 1
             mm_types[r, start:start + n_prefix] = self.prefix["mm_token_type_ids"]
             label_t[r, start:] = torch.tensor(lab)
-        pixels = self.processor.image_processor(images=[ex.image for ex in examples], return_tensors="pt")
-        batch = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types,
-                 "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"], "labels": label_t}
-        if all(ex.patch_targets is not None for ex in examples):
-            batch["patch_targets"] = torch.from_numpy(np.stack([ex.patch_targets for ex in examples]))  # [B, T, W]
-        if all(ex.relation_targets is not None for ex in examples):
-            batch["relation_targets"] = torch.from_numpy(np.stack([ex.relation_targets for ex in examples]))
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types, "labels": label_t,
+                **image_inputs(self.processor, examples)}
+
+
+def image_inputs(processor, examples) -> dict[str, torch.Tensor]:
+    """The image half of a batch: the processor's pixel values and grid, and the per-image-token targets stacked
+    (`patch_targets` [B, T, W], `relation_targets` [B, T, sets, W]) when every example has them."""
+    pixels = processor.image_processor(images=[ex.image for ex in examples], return_tensors="pt")
+    out = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+    for key in ("patch_targets", "relation_targets"):
+        if all(getattr(ex, key) is not None for ex in examples):
+            out[key] = torch.from_numpy(np.stack([getattr(ex, key) for ex in examples]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -888,5 +893,5 @@ def _load_resume(folder: Path, model, optimizer) -> tuple[int, float]:
 __all__ = [
     "BackboneModelConfig", "PretrainDataConfig", "PretrainConfig", "build_backbone", "save_backbone",
     "scene_example", "ExampleEncoder", "SceneStream", "evaluate", "eval_examples", "pretrain", "patch_targets",
-    "relation_targets", "pretrain_loss",
+    "relation_targets", "image_inputs", "pretrain_loss",
 ]

@@ -344,14 +344,10 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
         attention[r, start:] = 1
         mm_types[r, start:] = torch.tensor(mm)
         labels[r, start:] = torch.tensor(lab)
-    pixels = proc.image_processor(images=[ex.image for ex in examples], return_tensors="pt")
-    batch = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types,
-             "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"], "labels": labels}
-    if all(ex.patch_targets is not None for ex in examples):
-        batch["patch_targets"] = torch.from_numpy(np.stack([ex.patch_targets for ex in examples]))  # [B, T, W]
-    if all(ex.relation_targets is not None for ex in examples):
-        batch["relation_targets"] = torch.from_numpy(np.stack([ex.relation_targets for ex in examples]))
-    from spatialrl.standins.backbone import RELATION_WORDS
+    from spatialrl.standins.backbone import RELATION_WORDS, image_inputs
+
+    batch = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_types, "labels": labels,
+             **image_inputs(proc, examples)}
 
     where, first, sets, word = [], [], [], []
     for r, (hs, (ids, _, _)) in enumerate(zip(hint_rows, rows)):
