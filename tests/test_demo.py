@@ -49,3 +49,28 @@ def test_demo_config_defaults_and_bad_splits(capsys, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"train": {"pairs": 9}, "val": {"pairs": 1},
                                                                    "test": {"pairs": 2}}}))
     assert demo.dataset_sizes(tmp_path) == {"train": 9, "val": 1, "test": 2}
+
+
+def test_demo_summary_prints_rounded_numbers_and_the_paired_gain(tmp_path, capsys):
+    # the closing table: four decimals, the paired gain with its standard error (worked by hand), percentages
+    from jobs import demo
+
+    (tmp_path / "verify.json").write_text(json.dumps({"n_pairs": 10, "chosen_all_hold": 1.0,
+                                                      "rejected_exact_violations": 1.0}))
+    (tmp_path / "reward").mkdir()
+    (tmp_path / "reward" / "eval.json").write_text(json.dumps({"accuracy": 0.968253968, "accuracy_1pert": 0.9584,
+                                                               "accuracy_2to3pert": 0.993, "n_pairs": 504}))
+    (tmp_path / "grpo").mkdir()
+    base = {"prompts": 2, "images": 4, "spatialscore": 0.2014123, "relation_accuracy": 0.5,
+            "object_presence": 0.75, "relation_accuracy_per_image": [0.0, 1.0, 0.5, 0.5],
+            "object_presence_per_image": [1.0, 1.0, 0.5, 0.5]}
+    final = dict(base, spatialscore=0.3, relation_accuracy=0.75, relation_accuracy_per_image=[1.0, 1.0, 0.5, 0.5])
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"steps": 3, "base": base, "final": final}))
+    s = demo.summarize(tmp_path, 12.0)
+    text = capsys.readouterr().out
+    # differences 1, 0, 0, 0: mean 0.25, std (ddof 1) 0.5, se 0.5 / 2 = 0.25
+    assert s["grpo"]["verifier_gain"] == 0.25 and s["grpo"]["verifier_gain_se"] == 0.25
+    assert "| after GRPO (SpatialScore reward) | 0.3000 | 0.7500 | 0.7500 | +0.2500 +- 0.2500 |" in text
+    assert "| base generator | 0.2014 | 0.5000 | 0.7500 |  |" in text
+    assert "96.8% (1-pert 95.8%, 2-3-pert 99.3%, 504 pairs)" in text
+    assert "4 held-out images of 2 prompts" in text
