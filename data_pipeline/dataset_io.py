@@ -272,6 +272,8 @@ def write_preview(data_dir: Path, n: int = 6, split: str | None = None, tile: in
         lines = [(line, (0, 0, 0)) for line in textwrap.wrap(row["prompt"], 88)[:9]]
         verdict = f"[{row['num_perturbations']} perturbed] rejected breaks: " + "; ".join(
             f"{name(b['subject'])} {b['type']} {name(b['object'])}" for b in broken)
+        if info.get("missing"):
+            verdict += " (" + ", ".join(name(i) for i in info["missing"]) + " left out)"
         lines += [(line, (150, 0, 0)) for line in textwrap.wrap(verdict, 88)[:3]]
         tx = 2 * tile + 25
         for l_i, (line, colour) in enumerate(lines):

@@ -12,7 +12,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from data_pipeline.perturb import perturb
+from data_pipeline.perturb import missing_objects, perturb
 from data_pipeline.prompts import PromptWriter
 from data_pipeline.verifier import object_presence
 from data_pipeline.world import Relation, WorldConfig, render, sample_relations, sample_scene
@@ -50,20 +50,26 @@ def make_pair(pair_id: int, seed: int, split: str, cfg: WorldConfig) -> dict:
         if result is None:
             continue
         bad_scene, violated, bad_m = result
+        missing = missing_objects(bad_scene)
         objects = [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
-        if not (all(object_presence(m, objects, True)[0]) and all(object_presence(bad_m, objects, True)[0])):
+        bad_present = object_presence(bad_m, objects, True)[0]
+        if not (all(object_presence(m, objects, True)[0])
+                and all(p == (i not in missing) for i, p in enumerate(bad_present))):
             continue  # an occluded shape would be unreadable from pixels: like an ambiguous relation, not stated
         writer = PromptWriter(rng, scene, relations)
         info = structured(scene, relations)
         info["violated"] = violated
+        if missing:
+            info["missing"] = missing
         return {
             "pair_id": f"{split}-{pair_id:07d}",
             "prompt": writer.write(),
             "chosen_image": encode_png(render(scene)),
             "rejected_image": encode_png(render(bad_scene)),
             "num_perturbations": k,
-            "perturbed_prompt": writer.write(flipped=set(violated)),
-            "category": ",".join(sorted({relations[i].type for i in violated})),
+            # a left-out object: no relation word describes the rejected image, so no perturbed prompt
+            "perturbed_prompt": "" if missing else writer.write(flipped=set(violated)),
+            "category": "missing_object" if missing else ",".join(sorted({relations[i].type for i in violated})),
             "relations": json.dumps(info),
             "source": "spatial_world",
             "split": split,

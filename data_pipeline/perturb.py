@@ -5,6 +5,7 @@ model, then has experts check the pair. Here we edit the layout directly and che
 aimed at k chosen relations (move an object across its partner, swap two objects' places, swap their sizes,
 flip which of an occluding pair is in front), render, and accept only if every stated relation is still
 decisive and exactly k of them are now false. The other relations are kept by construction of the check.
+Optionally (`world.missing_object_prob`) the edit is leaving out an object named by exactly k relations.
 """
 
 from __future__ import annotations
@@ -107,12 +108,48 @@ def approx_scores(scene: Scene, relations: list[Relation], cfg: WorldConfig) -> 
     return out
 
 
+def leave_out(
+    rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int, cfg: WorldConfig
+) -> tuple[Scene, list[int], Measurements] | None:
+    """A copy of `scene` with one object not drawn (it stays in `objects`, leaves `order`): an object named by
+    exactly `k` relations and in no occluding pair, so those k relations fail and every other object and relation
+    is untouched. None if no object qualifies or the check on pixels fails."""
+    occluding = {i for pair in scene.overlaps for i in pair}
+    named = [sum(i in (r.subject, r.object) for r in relations) for i in range(len(scene.objects))]
+    candidates = [i for i, c in enumerate(named) if c == k and i not in occluding]
+    if not candidates:
+        return None
+    gone = int(rng.choice(candidates))
+    new = scene.copy()
+    new.order = [i for i in new.order if i != gone]
+    m = measure(render_labels(new), len(new.objects))
+    kept = [i for i in range(len(new.objects)) if i != gone]
+    if m.area[gone] != 0 or any(m.area[i] == 0 or m.components[i] != 1 for i in kept) or m.touching != scene.overlaps:
+        return None
+    expected = [idx for idx, r in enumerate(relations) if gone in (r.subject, r.object)]
+    bad = violated_relations(m, relations, cfg)
+    if bad is None or sorted(bad) != expected:
+        return None
+    return new, bad, m
+
+
+def missing_objects(scene: Scene) -> list[int]:
+    """Objects of `scene` that are not drawn (a `leave_out` perturbation)."""
+    drawn = set(scene.order)
+    return [i for i in range(len(scene.objects)) if i not in drawn]
+
+
 def perturb(
     rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int, cfg: WorldConfig
 ) -> tuple[Scene, list[int], Measurements] | None:
-    """A copy of `scene` violating exactly `k` relations (their indices), or None if no edit was found."""
+    """A copy of `scene` violating exactly `k` relations (their indices), or None if no edit was found. With
+    probability `cfg.missing_object_prob` it first tries leaving an object out (`leave_out`)."""
     if k > len(relations):
         return None
+    if cfg.missing_object_prob > 0 and rng.random() < cfg.missing_object_prob:
+        dropped = leave_out(rng, scene, relations, k, cfg)
+        if dropped is not None:
+            return dropped
     gap_px = cfg.gap * cfg.canvas
     for _ in range(cfg.perturb_tries):
         new = scene.copy()

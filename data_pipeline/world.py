@@ -79,6 +79,10 @@ class WorldConfig:
     perturbation_probs: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.25])
     max_tries: int = 400  # scene placement attempts
     perturb_tries: int = 80  # edits tried on one scene before drawing a new scene
+    # chance that a rejected image leaves out one object instead of moving objects (the relations naming it are
+    # the violated ones; an object is picked whose relation count is the pair's level): a generator's commonest
+    # failure, which a reward model trained on moved objects only has never seen and may pay for
+    missing_object_prob: float = 0.0
 
     def validate(self) -> None:
         from spatialrl.config import ConfigError
@@ -112,6 +116,8 @@ class WorldConfig:
             raise ConfigError("world.perturbation_levels must be a subset of [1, 2, 3], one prob per level")
         if abs(sum(self.perturbation_probs) - 1.0) > 1e-6:
             raise ConfigError("world.perturbation_probs must sum to 1")
+        if not 0.0 <= self.missing_object_prob <= 1.0:
+            raise ConfigError(f"world.missing_object_prob={self.missing_object_prob}: a probability in [0, 1], e.g. 0.25")
 
     @property
     def margins(self) -> Margins:

@@ -164,3 +164,25 @@ def test_hacking_signal_fires_only_when_reward_rises_and_check_does_not():
         hacking_signal(rising, flat, window=2)
     with pytest.raises(ValueError, match="check values"):
         hacking_signal(rising, flat[:5])
+
+
+def test_shape_score_by_hand():
+    import numpy as np
+
+    from spatialrl.config import ConfigError
+    from spatialrl.grpo.rewards import RewardConfig, shape_score
+
+    s = np.array([-3.0, 0.0, 0.5, 3.0], dtype=np.float32)
+    assert shape_score(s, "raw").tolist() == s.tolist()
+    assert shape_score(s, "binary").tolist() == [0.0, 0.0, 1.0, 1.0]  # strictly above the threshold passes
+    assert shape_score(s, "binary", threshold=1.0).tolist() == [0.0, 0.0, 0.0, 1.0]
+    sig = shape_score(s, "sigmoid")  # 1 / (1 + e^3) = 0.0474259, 0.5, 1 / (1 + e^-0.5) = 0.6224593
+    assert np.allclose(sig, [0.0474259, 0.5, 0.6224593, 0.9525741], atol=1e-6)
+    assert np.allclose(shape_score(s, "sigmoid", threshold=0.5)[2], 0.5)
+    # a group the model judges all alike: raw differences survive a per-group std, binary ones vanish
+    sure = np.array([2.5, 3.1, 2.8], dtype=np.float32)
+    assert shape_score(sure, "binary").std() == 0 and shape_score(sure, "raw").std() > 0
+    with pytest.raises(ConfigError, match="reward.transform"):
+        RewardConfig(checkpoint="x", transform="clip").validate()
+    with pytest.raises(ConfigError, match="reward.source=spatialscore"):
+        RewardConfig(source="verifier", transform="binary").validate()

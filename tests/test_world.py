@@ -65,6 +65,30 @@ def test_missing_object_makes_relations_false():
     assert relation_score(m, 0, "left_of", 1, M) < 0
 
 
+def test_leave_out_drops_one_object_named_by_exactly_k_relations():
+    from data_pipeline.perturb import leave_out, missing_objects
+    from data_pipeline.relations import measure as measure_labels
+    from data_pipeline.world import Background, Obj, Relation, Scene, render_labels
+
+    objs = [Obj("red", "square", "large", 16, 12, 12), Obj("blue", "square", "large", 16, 40, 12),
+            Obj("green", "square", "large", 16, 12, 44)]
+    scene = Scene(64, objs, Background("solid", ("white", "white"), 0.0, (0.5, 0.5)), [0, 1, 2], set())
+    rels = [Relation(0, "left_of", 1), Relation(0, "above", 2)]  # object 0: 2 relations; 1 and 2: one each
+    world = WorldConfig(canvas=64)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        new, bad, m = leave_out(rng, scene, rels, 1, world)
+        gone = missing_objects(new)
+        assert gone in ([1], [2]) and bad == [gone[0] - 1]  # blue breaks relation 0, green relation 1
+        assert m.area[gone[0]] == 0 and scene.order == [0, 1, 2]  # the input scene is untouched
+    new, bad, _ = leave_out(rng, scene, rels, 2, world)
+    assert missing_objects(new) == [0] and bad == [0, 1]
+    assert measure_labels(render_labels(new), 3).area[0] == 0
+    assert leave_out(rng, scene, rels, 3, world) is None  # no object is named by 3 relations
+    with pytest.raises(Exception, match="missing_object_prob"):
+        WorldConfig(missing_object_prob=1.5).validate()
+
+
 def decode(b):
     return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
 
@@ -73,7 +97,7 @@ def decode(b):
 def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
     world = _world(preset)
     margins = margins_for(world.canvas, world)
-    levels = set()
+    levels, left_out = set(), 0
     for i in range(n):
         row = make_pair(i, 123, "train", world)
         info = json.loads(row["relations"])
@@ -83,8 +107,18 @@ def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
         vr = verify(decode(row["rejected_image"]), info["objects"], info["relations"], margins)
         assert vc.all_hold, (i, vc.relations_hold)
         assert vr.violated() == info["violated"], (i, vr.violated(), info["violated"])
-        assert all(vc.objects_present) and all(vr.objects_present), i
+        missing = info.get("missing", [])
+        assert all(vc.objects_present), i
+        assert vr.objects_present == [j not in missing for j in range(len(info["objects"]))], (i, missing)
+        if missing:  # exactly the relations that name the left-out object fail
+            left_out += 1
+            assert row["category"] == "missing_object" and row["perturbed_prompt"] == ""
+            assert info["violated"] == [k for k, r in enumerate(info["relations"])
+                                        if missing[0] in (r["subject"], r["object"])]
     assert levels == set(world.perturbation_levels)
+    # the easy world leaves an object out of about a quarter of its rejected images; the paper-like one never
+    share = left_out / n
+    assert (0.15 < share < 0.45) if world.missing_object_prob else share == 0, share
 
 
 def _BuildCfg():

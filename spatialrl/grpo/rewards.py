@@ -34,6 +34,12 @@ class RewardConfig:
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
+    # what GRPO is paid with SpatialScore's score s: raw = s; sigmoid = 1 / (1 + exp(-(s - threshold))), a
+    # probability-like value whose differences vanish where the model is sure; binary = 1 if s > threshold else 0,
+    # pass / fail like the verifier, so a group the model judges all alike carries no advantage (pairwise training
+    # does not fix the score's zero: take the threshold between jobs.eval_reward's chosen and rejected means)
+    transform: Literal["raw", "sigmoid", "binary"] = "raw"
+    threshold: float = 0.0
     batch_size: int = 16
     # > 0: score in chunks sized by memory (this many GB of activations, spatialrl.reward.memory) instead of
     # batch_size images; e.g. the GPU memory left after the weights, times 0.8
@@ -59,6 +65,11 @@ class RewardConfig:
             raise ConfigError(f"reward.backend={self.backend!r}: use actors (a model per reward actor) or serve")
         if self.backend == "serve" and self.source != "spatialscore":
             raise ConfigError("reward.backend=serve serves SpatialScore: use it with reward.source=spatialscore")
+        if self.transform not in ("raw", "sigmoid", "binary"):
+            raise ConfigError(f"reward.transform={self.transform!r}: use raw, sigmoid or binary")
+        if self.transform != "raw" and self.source != "spatialscore":
+            raise ConfigError(f"reward.transform={self.transform} shapes SpatialScore's score: use it with "
+                              f"reward.source=spatialscore (or set reward.transform=raw)")
         if self.serve_replicas < 1 or self.serve_max_batch_size < 1 or self.serve_retries < 0:
             raise ConfigError("reward.serve_replicas and serve_max_batch_size must be >= 1, serve_retries >= 0")
         if self.source == "spatialscore" and not self.checkpoint:
@@ -116,7 +127,7 @@ class RewardWorker:
                                                / self.cfg.margin_scale, -1, 1))
         if self.scorer is not None:
             score = self.scorer.score([r["prompt"] for r in rows], list(images)).astype(np.float32)
-            reward = score
+            reward = shape_score(score, self.cfg.transform, self.cfg.threshold)
         elif self.cfg.source == "colour":
             score = np.full(n, np.nan, dtype=np.float32)
             reward = colour_share(images, self.cfg.colour)
@@ -130,6 +141,18 @@ class RewardWorker:
         if isinstance(self.scorer, ServeScorer):
             out["serve_retries"] = np.array([self.scorer.pop_retries()], dtype=np.float32)
         return out
+
+
+def shape_score(score: np.ndarray, transform: str, threshold: float = 0.0) -> np.ndarray:
+    """SpatialScore's scores `[N]` as the GRPO reward (`RewardConfig.transform`); float32."""
+    score = np.asarray(score, dtype=np.float32)
+    if transform == "raw":
+        return score
+    if transform == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-(score.astype(np.float64) - threshold)))).astype(np.float32)
+    if transform == "binary":
+        return (score > threshold).astype(np.float32)
+    raise ValueError(f"unknown reward transform {transform!r}")
 
 
 def colour_share(images: np.ndarray, colour: str) -> np.ndarray:
