@@ -271,7 +271,8 @@ def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
         "models": random_models or "pretrained",
         "dataset": {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
                     "rejected_exact_violations": v["rejected_exact_violations"]},
-        "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs") if k in r},
+        "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs",
+                                           "accuracy_missing_object", "accuracy_moved", "n_missing_object") if k in r},
         "grpo": g,
         "seconds": round(seconds, 1),
     }
@@ -297,7 +298,10 @@ def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
     print("\n" + "\n".join(lines))
     print(f"({g['images']} held-out images of {g['held_out_prompts']} prompts, ODE, fixed seeds; gain paired per image)")
     print(f"\nSpatialScore pairwise accuracy on the test split: {pct(r.get('accuracy'))} "
-          f"(1-pert {pct(r.get('accuracy_1pert'))}, 2-3-pert {pct(r.get('accuracy_2to3pert'))}, {r.get('n_pairs')} pairs)")
+          f"(1-pert {pct(r.get('accuracy_1pert'))}, 2-3-pert {pct(r.get('accuracy_2to3pert'))}, {r.get('n_pairs')} pairs"
+          + (f"; {pct(r.get('accuracy_missing_object'))} where the rejected image leaves an object out "
+             f"({r['n_missing_object']}), {pct(r.get('accuracy_moved'))} where it moves one" if r.get("n_missing_object")
+             else "") + ")")
     print(f"demo finished in {seconds:.0f} s; summary: {out / 'summary.json'}; grids: {out / 'grpo'}")
     return summary
 

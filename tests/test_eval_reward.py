@@ -16,6 +16,17 @@ def test_metrics_by_hand():
     assert m["accuracy_1pert"] == 0.5 and m["accuracy_2to3pert"] == 0.5
     assert (m["n_pairs"], m["n_1pert"], m["n_2to3pert"]) == (4, 2, 2)
     assert m["mean_score_chosen"] == pytest.approx(1.625)
+    assert m["accuracy_missing_object"] is None and m["accuracy_moved"] is None and m["n_missing_object"] == 0
+    # pairs 1 and 2 leave an object out: one win of two; the moved ones (0, 3): one of two
+    rows["missing_object"] = np.array([False, True, True, False])
+    m = metrics(rows, "m")
+    assert (m["accuracy_missing_object"], m["accuracy_moved"], m["n_missing_object"]) == (0.5, 0.5, 2)
+    rows["missing_object"] = np.array([False, False, True, False])
+    m = metrics(rows, "m")
+    assert m["accuracy_missing_object"] == 1.0 and m["accuracy_moved"] == pytest.approx(1 / 3)
+    report = {"data": "d", "split": "test", "vlm_judge": None, "baselines": {}, **m}
+    assert "1 rejected images leave an object out: SpatialScore 100.0 on those, 33.3 on the moved ones" \
+        in markdown_table(report)
 
 
 @pytest.mark.ray
