@@ -123,8 +123,7 @@ def leave_out(
     new = scene.copy()
     new.order = [i for i in new.order if i != gone]
     m = measure(render_labels(new), len(new.objects))
-    kept = [i for i in range(len(new.objects)) if i != gone]
-    if m.area[gone] != 0 or any(m.area[i] == 0 or m.components[i] != 1 for i in kept) or m.touching != scene.overlaps:
+    if not pixels_ok(new, m, cfg):
         return None
     expected = [idx for idx, r in enumerate(relations) if gone in (r.subject, r.object)]
     bad = violated_relations(m, relations, cfg)

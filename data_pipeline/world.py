@@ -257,8 +257,12 @@ def layout_ok(scene: Scene, gap_px: float) -> bool:
 
 
 def pixels_ok(scene: Scene, m: Measurements, cfg: WorldConfig) -> bool:
-    """Every object visible, in one piece, keeping `min_visible_frac` of its area; only designated pairs touch."""
-    if m.touching != scene.overlaps or np.any(m.area == 0) or np.any(m.components != 1):
+    """Every drawn object visible, in one piece, keeping `min_visible_frac` of its area; only designated pairs
+    touch; an object left out of the drawing order (a perturbation) covers nothing."""
+    drawn = np.isin(np.arange(len(scene.objects)), scene.order)
+    if m.touching != scene.overlaps or np.any(m.area[drawn] == 0) or np.any(m.components[drawn] != 1):
+        return False
+    if np.any(m.area[~drawn] != 0):
         return False
     # Only objects in occluding pairs can be partly hidden (everything else touches nothing).
     for i in {k for pair in scene.overlaps for k in pair}:
