@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_pipeline.perturb import missing_objects, perturb
 from data_pipeline.prompts import PromptWriter
-from data_pipeline.verifier import object_presence
+from data_pipeline.verifier import object_presence, present_as_recorded
 from data_pipeline.world import Relation, WorldConfig, render, sample_relations, sample_scene
 
 SPLITS = ("train", "val", "test")
@@ -52,9 +52,8 @@ def make_pair(pair_id: int, seed: int, split: str, cfg: WorldConfig) -> dict:
         bad_scene, violated, bad_m = result
         missing = missing_objects(bad_scene)
         objects = [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
-        bad_present = object_presence(bad_m, objects, True)[0]
         if not (all(object_presence(m, objects, True)[0])
-                and all(p == (i not in missing) for i, p in enumerate(bad_present))):
+                and present_as_recorded(object_presence(bad_m, objects, True)[0], missing)):
             continue  # an occluded shape would be unreadable from pixels: like an ambiguous relation, not stated
         writer = PromptWriter(rng, scene, relations)
         info = structured(scene, relations)

@@ -141,6 +141,12 @@ def relation_margins(image: np.ndarray, objects: list[dict], relations: list[dic
                     dtype=np.float64)
 
 
+def present_as_recorded(present: list[bool], missing) -> bool:
+    """Every object present except the ones a record names missing (a left-out perturbation), and those absent."""
+    missing = set(missing)
+    return all(p == (i not in missing) for i, p in enumerate(present))
+
+
 def object_presence(
     m: Measurements, objects: list[dict], only_touching: bool = False
 ) -> tuple[list[bool], list[str | None]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from data_pipeline.dataset_io import DatasetError, check_dataset, decode_image, split_dir
 from data_pipeline.pairs import SPLITS
-from data_pipeline.verifier import margins_for, verify
+from data_pipeline.verifier import margins_for, present_as_recorded, verify
 from spatialrl.config import ConfigError, add_config_args, job_config
 
 
@@ -78,8 +78,7 @@ def verify_batch(batch: dict) -> dict:
         out["chosen_all_hold"].append(vc.all_hold)
         out["rejected_exact"].append(set(vr.violated()) == violated)
         out["chosen_present"].append(all(vc.objects_present))
-        missing = set(info.get("missing", []))  # objects a rejected image leaves out on purpose
-        out["rejected_present"].append(all(p == (j not in missing) for j, p in enumerate(vr.objects_present)))
+        out["rejected_present"].append(present_as_recorded(vr.objects_present, info.get("missing", [])))
         out["by_type"].append(json.dumps(by_type))
     return dict(out)
 
