@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from spatialrl.grpo.math import (clipped_policy_loss, group_advantages, hacking_signal, sde_kl, topk_filter,
+from spatialrl.grpo.math import (clipped_policy_loss, group_advantages, hacking_signal, noised_latents, sde_kl,
+                                 topk_filter, weighted_flow_matching_loss,
                                  trained_steps, trend_t)
 
 
@@ -128,6 +129,30 @@ def test_sde_kl_by_hand():
     ref[1, 0, 0] = 2.0  # sample 1: one of 12 elements differs by 2 -> (4 / 12) / 0.5 = 2/3
     kl = sde_kl(mean, ref, 0.5)
     assert torch.allclose(kl, torch.tensor([2.0, 2.0 / 3]))
+
+
+def test_noised_latents_by_hand():
+    x0 = torch.tensor([[[2.0, 4.0]], [[1.0, 1.0]]])  # [2, 1, 2]
+    eps = torch.tensor([[[0.0, -4.0]], [[3.0, 5.0]]])
+    # sample 0 at t = 0.25: 0.75 x0 + 0.25 eps = [1.5, 2.0]; sample 1 at t = 1: pure noise
+    x_t = noised_latents(x0, eps, torch.tensor([0.25, 1.0]))
+    assert torch.allclose(x_t, torch.tensor([[[1.5, 2.0]], [[3.0, 5.0]]]))
+    assert torch.equal(noised_latents(x0, eps, 0.0), x0)
+
+
+def test_weighted_flow_matching_loss_by_hand():
+    x0 = torch.zeros(2, 1, 2)
+    eps = torch.ones(2, 1, 2)  # target eps - x0 = 1 everywhere
+    v = torch.tensor([[[1.0, 3.0]], [[0.0, 1.0]]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    loss, err = weighted_flow_matching_loss(v, x0, eps, adv)
+    # errors: sample 0 mean(0, 4) = 2; sample 1 mean(1, 0) = 0.5; loss = (2 * 2 - 1 * 0.5) / 2 = 1.75
+    assert torch.allclose(err, torch.tensor([2.0, 0.5]))
+    assert abs(loss.item() - 1.75) < 1e-6
+    loss.backward()
+    # d/dv of A_k (v - 1)^2 / 2 elements / 2 samples = A_k (v - 1) / 2: the good sample is pulled toward its
+    # target, the bad one pushed away from it
+    assert torch.allclose(v.grad, torch.tensor([[[0.0, 2.0]], [[0.5, 0.0]]]))
 
 
 def test_trained_steps():

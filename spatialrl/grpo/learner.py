@@ -31,7 +31,8 @@ from spatialrl.config import ConfigError
 from spatialrl.flux.math import kl_std, latent_image_ids
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
-from spatialrl.grpo.math import clipped_policy_loss, sde_kl, trained_steps
+from spatialrl.grpo.math import (clipped_policy_loss, noised_latents, sde_kl, trained_steps,
+                                 weighted_flow_matching_loss)
 
 
 @dataclass
@@ -50,6 +51,11 @@ class GRPOLearnerConfig:
     updates_per_step: int = 1  # optimizer steps per GRPO step; >1 makes later updates off-policy (clipped)
     ema_decay: float = 0.0  # 0 = off; else an EMA of the LoRA, exported instead of the raw weights
     seed: int = 0  # the LoRA's initial A (B starts at zero)
+    # "grpo": Flow-GRPO's clipped likelihood ratio on the stored SDE transitions; "fm": advantage-weighted flow
+    # matching on each sample's final latents, noised afresh at fm_timesteps random trained timesteps per sample
+    # (spatialrl.grpo.math.weighted_flow_matching_loss; its KL term is the velocity's squared distance to the base)
+    objective: str = "grpo"
+    fm_timesteps: int = 2
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -64,6 +70,11 @@ class GRPOLearnerConfig:
             raise ConfigError(f"learner.zero_stage={self.zero_stage}: DeepSpeed ZeRO stage 0-3 (2 recommended)")
         if self.updates_per_step < 1:
             raise ConfigError(f"learner.updates_per_step={self.updates_per_step}: need at least 1")
+        if self.objective not in ("grpo", "fm"):
+            raise ConfigError(f"learner.objective={self.objective!r}: use 'grpo' (clipped likelihood ratio) or "
+                              "'fm' (advantage-weighted flow matching)")
+        if self.fm_timesteps < 1:
+            raise ConfigError(f"learner.fm_timesteps={self.fm_timesteps}: need at least 1 timestep per sample")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"learner.ema_decay={self.ema_decay}: 0 (off) or a value in (0, 1)")
 
@@ -211,7 +222,7 @@ class GRPOLearner:
         for traj, bs in zip(trajectories, batch_sizes):
             if traj is None:
                 continue
-            if traj.noise_level <= 0:
+            if traj.noise_level <= 0 and self.cfg.objective == "grpo":
                 raise ValueError("GRPO needs SDE trajectories (noise_level > 0); got an ODE trajectory")
             if traj.batch_size != bs:
                 raise ValueError(f"a trajectory sampled in batches of {traj.batch_size}, told {bs}")
@@ -251,15 +262,21 @@ class GRPOLearner:
                     raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
                 if t not in cache:
                     cache[t] = self._conditioning(traj)
-                # the first timestep_fraction of the steps, within the trajectory's SDE window
-                steps = [j for j in trained_steps(traj.num_steps, self.cfg.timestep_fraction) if j < traj.sde_window]
+                if self.cfg.objective == "fm":  # fm_timesteps draws, each a random trained timestep per sample
+                    steps = list(range(self.cfg.fm_timesteps))
+                else:  # the first timestep_fraction of the steps, within the trajectory's SDE window
+                    steps = [j for j in trained_steps(traj.num_steps, self.cfg.timestep_fraction)
+                             if j < traj.sde_window]
                 n_trained.append(len(steps))
                 if not steps:
                     continue
                 # every (micro-batch, step) term weighs len/N of the step's mean; ranks' grads are averaged
                 weight = len(idx) / max(1, n_samples) / len(steps) * self.world_size
                 for j in steps:
-                    loss, stats = self._loss(traj, cache[t], idx, adv, j)
+                    if self.cfg.objective == "fm":
+                        loss, stats = self._fm_loss(traj, cache[t], idx, adv, j, t)
+                    else:
+                        loss, stats = self._loss(traj, cache[t], idx, adv, j)
                     self.engine.backward(loss * weight)
                     did_backward = True
                     ratio = stats["ratio"].double()
@@ -299,6 +316,36 @@ class GRPOLearner:
             loss = loss + self.cfg.kl_beta * kl.mean()
         stats["kl"] = kl.detach()
         return loss, stats
+
+    def _fm_loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, draw: int, t_index: int):
+        """Advantage-weighted flow matching on images `idx`: x0 = their final latents, a seeded random trained
+        timestep and fresh noise per sample (draw `draw` of the step), velocity with grad."""
+        dev = self.policy.device
+        embeds, pooled, text_ids, img_ids = cond
+        rng = np.random.default_rng([self.cfg.seed, self.updates, t_index, int(idx[0]), draw])
+        choices = np.asarray(trained_steps(traj.num_steps, self.cfg.timestep_fraction))
+        js = torch.as_tensor(rng.choice(choices, size=len(idx)))  # [B] step index per sample
+        x0 = traj.latents[idx, -1].to(dev)  # [B, S, 64]
+        noise = torch.as_tensor(rng.standard_normal(x0.shape), dtype=x0.dtype, device=dev)
+        sigma = traj.sigmas[js].to(dev)  # [B]
+        x_t = noised_latents(x0, noise, sigma)
+        rows = torch.as_tensor(traj.group_index[idx], device=dev)
+        timesteps = traj.timesteps[js].to(dev)  # [B]
+        v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids)
+        advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
+        loss, _ = weighted_flow_matching_loss(v, x0, noise, advantages)
+        kl = torch.zeros(len(idx), device=dev)
+        if self.cfg.kl_beta > 0:
+            with torch.no_grad():
+                self.transformer.disable_adapters()
+                try:
+                    v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids)
+                finally:
+                    self.transformer.enable_adapters()
+            kl = ((v.float() - v_ref.float()) ** 2).mean(dim=tuple(range(1, v.ndim)))  # [B]
+            loss = loss + self.cfg.kl_beta * kl.mean()
+        ones = torch.ones(len(idx), device=dev)
+        return loss, {"ratio": ones, "clipped": torch.zeros_like(ones), "kl": kl.detach()}
 
     def _update_ema(self) -> None:
         if self.ema is None:

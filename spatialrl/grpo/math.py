@@ -12,6 +12,11 @@ them. The formulas (docs/architecture.md section 3):
   ratio = exp(logp_new - logp_old) of per-element-mean log-probs (hence eps ~ 1e-4);
 - KL to the reference (the transformer with LoRA disabled): mean (mu - mu_ref)^2 / (2 sigma_t^2), Flow-GRPO's
   form (sigma_t, not the step std);
+- the advantage-weighted flow-matching objective (`learner.objective: fm`, a denser-credit alternative to the
+  likelihood ratio): noise the sample's final latents x0 to x_t = (1 - t) x0 + t eps with fresh eps at a random
+  trained timestep, and weigh each sample's flow-matching error |v(x_t) - (eps - x0)|^2 by its advantage:
+  good samples pull the velocity toward themselves, bad ones push it away (DiffusionNFT's gradient at its
+  on-policy point);
 - the reward-hacking monitor: over the last W steps, the least-squares slope of the reward and of an
   independent check (the verifier), each as a t statistic (slope / its standard error); it fires when the
   reward rises clearly (t_reward >= z) while the check does not rise (t_check <= quiet).
@@ -149,6 +154,25 @@ def sde_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma_t: torch.Tensor | f
     diff2 = (mean.float() - mean_ref.float()) ** 2  # [B, ...]
     sigma_t = torch.as_tensor(sigma_t, dtype=torch.float32, device=mean.device)
     return diff2.mean(dim=tuple(range(1, mean.ndim))) / (2 * sigma_t.reshape(-1) ** 2)
+
+
+def noised_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t eps, the rectified-flow interpolation Flux is trained on; sigma `[B]` (or scalar)."""
+    t = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.ndim - 1)))
+    return (1 - t) * x0 + t * noise
+
+
+def weighted_flow_matching_loss(
+    velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, advantages: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean_k A_k * mean_elements (v_k - (eps_k - x0_k))^2 and the per-sample error `[B]` (detached).
+
+    velocity, x0, noise: `[B, ...]`; advantages: `[B]`. A positive advantage lowers the sample's flow-matching
+    error (the model moves toward it), a negative one raises it; zero-sum advantages cancel the shared part.
+    """
+    target = noise.float() - x0.float()
+    err = ((velocity.float() - target) ** 2).mean(dim=tuple(range(1, velocity.ndim)))  # [B]
+    return (advantages.float() * err).mean(), err.detach()
 
 
 def trained_steps(num_steps: int, fraction: float) -> list[int]:
