@@ -351,9 +351,10 @@ class FluxSampler:
             self._negative = (key, e, p)
         return self._negative[1], self._negative[2]
 
-    def velocity(self, x, timestep, embeds, pooled, text_ids, img_ids) -> torch.Tensor:
+    def velocity(self, x, timestep, embeds, pooled, text_ids, img_ids, guided: bool = True) -> torch.Tensor:
         """The transformer's velocity for latents x `[B, S, 64]` (float32) at one step: as FluxPipeline calls it,
-        with its true classifier-free guidance when `cfg.true_cfg_scale` > 1 (a second forward, negative prompt)."""
+        with its true classifier-free guidance when `cfg.true_cfg_scale` > 1 (a second forward, negative prompt)
+        unless `guided=False` (the conditional velocity alone: what flow matching trains)."""
         hidden = x.to(self.dtype)
         b = hidden.shape[0]
         guidance = None
@@ -379,7 +380,7 @@ class FluxSampler:
         with attention_context(self.device.type, self.cfg.attention_backend):
             v = forward(embeds, pooled)
         scale = self.cfg.true_cfg_scale
-        if scale > 1:
+        if scale > 1 and guided:
             neg_embeds, neg_pooled = self._negative_conditioning()
             with attention_context(self.device.type, self.cfg.attention_backend):
                 v_neg = forward(neg_embeds.expand(b, -1, -1), neg_pooled.expand(b, -1))

@@ -56,6 +56,7 @@ class GRPOLearnerConfig:
     # (spatialrl.grpo.math.weighted_flow_matching_loss; its KL term is the velocity's squared distance to the base)
     objective: str = "grpo"
     fm_timesteps: int = 2
+    fm_negative_weight: float = 1.0  # fm: scale of negative advantages (0 = pull toward good samples only)
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -73,6 +74,9 @@ class GRPOLearnerConfig:
         if self.objective not in ("grpo", "fm"):
             raise ConfigError(f"learner.objective={self.objective!r}: use 'grpo' (clipped likelihood ratio) or "
                               "'fm' (advantage-weighted flow matching)")
+        if not 0 <= self.fm_negative_weight <= 1:
+            raise ConfigError(f"learner.fm_negative_weight={self.fm_negative_weight}: use a value in [0, 1] "
+                              "(1 = push away from bad samples as hard as toward good ones, 0 = not at all)")
         if self.fm_timesteps < 1:
             raise ConfigError(f"learner.fm_timesteps={self.fm_timesteps}: need at least 1 timestep per sample")
         if not 0 <= self.ema_decay < 1:
@@ -331,15 +335,19 @@ class GRPOLearner:
         x_t = noised_latents(x0, noise, sigma)
         rows = torch.as_tensor(traj.group_index[idx], device=dev)
         timesteps = traj.timesteps[js].to(dev)  # [B]
-        v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids)
+        # the conditional velocity, as Flux is trained: the guided one is not meant to equal eps - x0, and pulling
+        # it there erodes the guidance (positive-only weights collapsed the toy generator in 10 steps)
+        v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids, guided=False)
         advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
+        advantages = torch.where(advantages < 0, advantages * self.cfg.fm_negative_weight, advantages)
         loss, _ = weighted_flow_matching_loss(v, x0, noise, advantages)
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
             with torch.no_grad():
                 self.transformer.disable_adapters()
                 try:
-                    v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids)
+                    v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids,
+                                                 guided=False)
                 finally:
                     self.transformer.enable_adapters()
             kl = ((v.float() - v_ref.float()) ** 2).mean(dim=tuple(range(1, v.ndim)))  # [B]
