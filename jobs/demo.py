@@ -8,7 +8,8 @@ the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights,
   1. dataset/     jobs.build_dataset (easy world, 2,100 pairs: 1,512 train, 84 val, 504 test) + jobs.verify_dataset
                   (both fractions must be 1.0)
   2. reward/      jobs.train_reward (configs/reward_demo.yaml: LoRA on the curriculum backbone) + jobs.eval_reward
-                  on the 504 test pairs
+                  on the 504 test pairs (the zero-shot VLM-judge baseline on the same pairs, by hand:
+                  python -m jobs.eval_reward --checkpoint OUT/reward/final --data OUT/dataset --split test)
   3. generator/   the shipped toy generator, copied (FluxPipeline.from_pretrained loads it)
   4. grpo/        jobs.grpo (configs/grpo_demo.yaml) with SpatialScore as the reward; LoRA in grpo/final/
   5. summary.json held-out prompts' mean SpatialScore and verifier relation accuracy, base vs after GRPO,
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "--set", f"model.backbone={backbone}", "--set", f"reader.processor={backbone}"]))
             stage("2/4 evaluating SpatialScore on the test split", reward / "eval.json", lambda: eval_reward.main(
                 ["--checkpoint", str(reward / "final"), "--data", str(dataset), "--split", "test", "--no-head-baselines",
+                 "--vlm-judge", "none",  # the zero-shot judge's row costs ~15-20 s of the 10 minutes: by hand below
                  "--json", str(reward / "eval.json"), "--markdown", str(reward / "eval.md")]))
             stage("3/4 the base generator (toy Flux)", generator / "model_index.json",
                   lambda: shutil.copytree(flux, generator, dirs_exist_ok=True) and 0)
