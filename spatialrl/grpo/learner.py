@@ -21,6 +21,7 @@ Weights leave as a peft state dict of the LoRA (`lora_state`), tagged with a ver
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -310,16 +311,22 @@ class GRPOLearner:
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
             sigma, sigma_next = traj.sigmas[j].to(dev), traj.sigmas[j + 1].to(dev)
-            with torch.no_grad():
-                self.transformer.disable_adapters()
-                try:
-                    _, mean_ref, _ = self.policy.transition_log_prob(traj, idx, j, cond)  # the base model's mean
-                finally:
-                    self.transformer.enable_adapters()
+            with self._reference():
+                _, mean_ref, _ = self.policy.transition_log_prob(traj, idx, j, cond)  # the base model's mean
             kl = sde_kl(mean, mean_ref, kl_std(sigma.float(), sigma_next.float(), traj.noise_level, traj.sde_type))
             loss = loss + self.cfg.kl_beta * kl.mean()
         stats["kl"] = kl.detach()
         return loss, stats
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The KL terms' reference: the base transformer (LoRA disabled), without grad."""
+        with torch.no_grad():
+            self.transformer.disable_adapters()
+            try:
+                yield
+            finally:
+                self.transformer.enable_adapters()
 
     def _fm_loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, draw: int, t_index: int):
         """Advantage-weighted flow matching on images `idx`: x0 = their final latents, a seeded random trained
@@ -343,13 +350,8 @@ class GRPOLearner:
         loss, _ = weighted_flow_matching_loss(v, x0, noise, advantages)
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
-            with torch.no_grad():
-                self.transformer.disable_adapters()
-                try:
-                    v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids,
-                                                 guided=False)
-                finally:
-                    self.transformer.enable_adapters()
+            with self._reference():
+                v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids, guided=False)
             kl = ((v.float() - v_ref.float()) ** 2).mean(dim=tuple(range(1, v.ndim)))  # [B]
             loss = loss + self.cfg.kl_beta * kl.mean()
         ones = torch.ones(len(idx), device=dev)
