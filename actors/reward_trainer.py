@@ -64,11 +64,14 @@ def train_func(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
+    from spatialrl.deepspeed_config import skip_cpu_shm_op
     from spatialrl.reward.reader import PairCollator
     from spatialrl.reward.model import SpatialRewardModel, pair_loss_from_scores
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    if not cfg.use_gpu:
+        skip_cpu_shm_op()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")  # reuses Ray Train's group
     torch.manual_seed(cfg.seed + rank)
     model = SpatialRewardModel(cfg.model, seed=cfg.seed)

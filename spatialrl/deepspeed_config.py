@@ -6,6 +6,18 @@ DeepSpeed's own progress printing turned off (the jobs report through `spatialrl
 
 from __future__ import annotations
 
+SHM_OP = "deepspeed_shm_comm"
+
+
+def skip_cpu_shm_op() -> None:
+    """Call before `deepspeed.init_distributed` on CPU ranks. DeepSpeed's CPU backend JIT-compiles its shared-memory
+    all-reduce op (ninja, ~41 s on 2 cores, again for every new environment path) although only its
+    `inference_all_reduce` uses it; training's collectives go through torch.distributed (gloo) either way. Marking the
+    op incompatible makes DeepSpeed skip the build (its op table is one cached dict, so the edit holds)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_OP] = False
+
 
 def deepspeed_config(*, micro_batch: int, world_size: int, grad_clip: float, zero_stage: int, bf16: bool,
                      scheduler: dict | None = None, managed_accumulation: bool | None = None) -> dict:

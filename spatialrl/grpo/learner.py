@@ -31,7 +31,7 @@ import torch
 from spatialrl.config import ConfigError
 from spatialrl.flux.math import kl_std, latent_image_ids
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
-from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config
+from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config, skip_cpu_shm_op
 from spatialrl.grpo.math import (clipped_policy_loss, noised_latents, sde_kl, trained_steps,
                                  weighted_flow_matching_loss)
 
@@ -139,6 +139,8 @@ class GRPOLearner:
         for p in params:
             p.requires_grad_(True)
         self.transformer.train()
+        if self.policy.device.type != "cuda":
+            skip_cpu_shm_op()
         if not dist.is_initialized():
             port = master_port or _free_port()
             backend = "nccl" if self.policy.device.type == "cuda" else "gloo"
