@@ -57,3 +57,38 @@ def test_clause_hints_on_reward_queries_mixed_with_questions():
                 "--eval-scenes", "4", "--batch", "1")
     assert out.count("loss/clause_hint") >= 1 and re.search(r"^step\s+6 loss", out, re.M), out
     assert re.search(r"match/all [\d.]+ \(n=4\)", out), out
+
+
+
+def test_missing_object_match_examples_leave_a_named_object_out():
+    import argparse
+
+    import numpy as np
+
+    from data_pipeline.world import PALETTE, load_world_preset
+    from spatialrl.standins.curriculum import make_match_example
+
+    def drawn_colours(image) -> set[str]:
+        px = np.asarray(image.convert("RGB")).reshape(-1, 1, 3).astype(int)
+        rgb = np.array(list(PALETTE.values()))[None]  # [1, C, 3]
+        near = (np.abs(px - rgb).max(-1) < 30).sum(0)  # pixels within 30 of each palette colour
+        return {c for c, n in zip(PALETTE, near) if n >= 20}
+
+    world = load_world_preset("configs/dataset_easy.yaml")
+    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=1.0)
+    rng = np.random.default_rng(3)
+    examples = [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
+    missing = [ex for ex in examples if ex.missing]
+    assert len(missing) >= 8, [ex.truth for ex in examples]  # about half are "no", and leave_out succeeds on most
+    for ex in examples:
+        # objects are named "a/the <colour> <shape>"; colour words elsewhere describe the background
+        named = set(re.findall(rf"\b(?:a|an|the)\s+({'|'.join(PALETTE)})\b", ex.prompt.lower()))
+        gone = named - drawn_colours(ex.image)
+        fails = [c for c in ex.clauses if not c[1]]
+        if ex.missing:
+            assert not ex.truth and len(gone) == 1 and 1 <= len(fails) <= 2, (ex.prompt, gone, fails)
+            for _, _, colour, _, colours in ex.clauses:
+                assert gone.isdisjoint(colours)  # nothing stands in relation to an object that is not drawn
+        else:
+            assert not gone, (ex.prompt, gone)  # every named object is drawn
+            assert ex.truth == (not fails)

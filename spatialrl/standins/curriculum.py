@@ -241,8 +241,9 @@ def make_match_example(rng, world, args, *, blur=True):
     """The reward model's own question on a fresh scene: the reward instruction with the world's full prompt
     (data_pipeline.prompts.PromptWriter, the dataset's templates incl. reversed naming), answered " yes" when
     every stated relation holds, " no" when 1 or 2 of them were flipped to their converse (as the dataset's
-    perturbed_prompt is written). Returns (MatchExample, gap): gap = the smallest centroid gap in tokens over
-    the flipped relations (or over all stated ones when none is flipped), for the difficulty buckets."""
+    perturbed_prompt is written), or, with `args.missing_prob`, " no" because the true prompt names an object that
+    is not drawn. Returns (MatchExample, gap): gap = the smallest centroid gap in tokens over the failing
+    relations (or over all stated ones when none fails), for the difficulty buckets."""
     from data_pipeline.prompts import PromptWriter
     from data_pipeline.world import sample_relations
 
@@ -255,31 +256,46 @@ def make_match_example(rng, world, args, *, blur=True):
     img = _image(rng, scene, args, blur)
     writer = PromptWriter(rng, scene, relations)
     truth = bool(rng.random() < 0.5)
-    flipped = set()
+    flipped, failing, drawn, m_drawn = set(), set(), scene, m
     if not truth:
         k = min(len(relations), 1 if rng.random() < 0.7 else 2)
-        flipped = {int(i) for i in rng.choice(len(relations), size=k, replace=False)}
-    gaps = []
+        if getattr(args, "missing_prob", 0.0) > 0 and rng.random() < args.missing_prob:
+            # the dataset's other rejected image: the prompt stays true of the scene, but an object named by
+            # exactly k relations is not drawn, so those k fail (data_pipeline.perturb.leave_out)
+            from data_pipeline.perturb import leave_out
+
+            dropped = leave_out(rng, scene, relations, k, world)
+            if dropped is not None:
+                drawn, failing, m_drawn = dropped[0], set(dropped[1]), dropped[2]
+                img = _image(rng, drawn, args, blur)
+        if not failing:
+            flipped = {int(i) for i in rng.choice(len(relations), size=k, replace=False)}
+            failing = flipped
+    gaps = []  # measured on the full scene (a left-out object's place is where it would have been)
     for i, rel in enumerate(relations):
-        if flipped and i not in flipped:
+        if failing and i not in failing:
             continue
         gaps.append(pair_gap(m, rel.type, rel.subject, rel.object, scene.canvas, grid))
-    labels = render_labels(scene)
-    rel_t = relation_targets(scene, m, labels, args.image_size, world, n_sets=args.n_sets) if args.relation_loss > 0 else None
+    labels = render_labels(drawn)
+    rel_t = (relation_targets(drawn, m_drawn, labels, args.image_size, world, n_sets=args.n_sets)
+             if args.relation_loss > 0 else None)
     prompt, ends = writer.write_with_clauses(flipped)
     from data_pipeline.relations import CONVERSE
 
     clauses = []  # (end, holds, subject colour, stated word, colours the subject stands in that word to)
     for i, (end, rel) in enumerate(zip(ends, relations)):
         stated = CONVERSE[rel.type] if i in flipped else rel.type
-        clauses.append((end, i not in flipped, scene.objects[rel.subject].colour, stated,
-                        relation_set(scene, m, world, rel.subject, stated)))
-    return MatchExample(img, prompt, truth, patch_targets(scene, labels, args.image_size), rel_t, clauses), min(gaps)
+        clauses.append((end, i not in failing, scene.objects[rel.subject].colour, stated,
+                        relation_set(drawn, m_drawn, world, rel.subject, stated)))
+    example = MatchExample(img, prompt, truth, patch_targets(drawn, labels, args.image_size), rel_t, clauses,
+                           missing=bool(failing) and not flipped)
+    return example, min(gaps)
 
 
 class MatchExample:
-    def __init__(self, image, prompt, truth, patch, rel, clauses=()):
+    def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False):
         self.image, self.prompt, self.truth = image, prompt, truth
+        self.missing = missing  # a "no" because a named object is not drawn (not a relation stated the wrong way)
         self.patch_targets, self.relation_targets = patch, rel
         # per stated relation: (character offset where its sentence ends, holds?, subject colour, stated word,
         # the subject's colour set for that word): the clause gets the question's hints at its last token
@@ -478,6 +494,8 @@ def evaluate_match(model, encoder, match_set, pair_set):
         ok = (mg > 0) == ex.truth
         hits["all"].append(ok)
         hits["<1" if gap < 1 else "1-2" if gap < 2 else ">=2"].append(ok)
+        if ex.missing:
+            hits.setdefault("missing", []).append(ok)
     out = {f"match/{k}": (float(np.mean(v)) if v else float("nan"), len(v)) for k, v in hits.items()}
     if pair_set:
         prompts = [p["prompt"] for p in pair_set]
@@ -488,6 +506,9 @@ def evaluate_match(model, encoder, match_set, pair_set):
         out["pairs/all"] = (float(wins.mean()), len(wins))
         for level in sorted(set(k.tolist())):
             out[f"pairs/{level}pert"] = (float(wins[k == level].mean()), int((k == level).sum()))
+        missing = np.array([bool(p.get("missing")) for p in pair_set])
+        if missing.any():
+            out["pairs/missing"] = (float(wins[missing].mean()), int(missing.sum()))
     model.train()
     return out
 
@@ -641,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
     p.add_argument("--match-scenes", type=int, default=0, help="fresh scenes in the match evaluation (0 = off)")
+    p.add_argument("--missing-prob", type=float, default=0.0,
+                   help="share of the match task's 'no' scenes whose prompt is true but one object it names is not "
+                        "drawn (the dataset's left-out rejected images); the rest flip 1-2 stated relations")
     p.add_argument("--pair-eval", type=int, default=0,
                    help="dataset-style preference pairs (perturbed image) scored by the yes-no margin (0 = off)")
     p.add_argument("--report-words", action="store_true",
@@ -653,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init not in ("shipped", "scratch") and not (Path(args.init) / "config.json").is_file():
         p.error(f"--init {args.init}: not a model folder (no config.json); give shipped, scratch or a folder an "
                 "earlier stage saved with --save")
+    if not 0.0 <= args.missing_prob <= 1.0:
+        p.error(f"--missing-prob {args.missing_prob}: a probability in [0, 1], e.g. 0.5")
     args.n_sets = len(args.relation_layers.split(","))
     if args.n_sets not in (2, 4, 6, 8):
         p.error(f"--relation-layers {args.relation_layers}: give 2, 4, 6 or 8 layers, one per relation set "
