@@ -1,7 +1,7 @@
 """`make demo`: the paper's method end to end on a laptop CPU, into runs/demo/.
 
 The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL taught
-relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5_clause_hints`, and a toy Flux generator),
+relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5m_missing_objects`, and a toy Flux generator),
 the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
 64 px, 2-3 objects, positional relations):
 
@@ -21,7 +21,7 @@ stands in for), reported beside the main result: what the RL stage achieves with
 Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
 pretrained/ and uses those instead of the shipped assets: the backbone's base recipe, then its relation curriculum
-up to s5 (`jobs.pretrain_backbone --recipe curriculum`, hours on a CPU), as the shipped backbone was made.
+up to s5m (`jobs.pretrain_backbone --recipe curriculum`, hours on a CPU), as the shipped backbone was made.
 
     python -m jobs.demo --out runs/demo [--pairs 2100] [--force] [--from-scratch] [--control] [--dry-run]
     python -m jobs.demo --control --set grpo.steps=10 --set sampler.num_steps=6   # GRPO keys reach both GRPO runs
@@ -44,10 +44,11 @@ from spatialrl.config import REPO_ROOT, ConfigError, add_config_args, config_fro
 
 ASSETS = REPO_ROOT / "assets" / "tiny-pretrained"
 REWARD_DEMO = "configs/reward_demo.yaml"
-# The backbone of the relation curriculum (configs/backbone_curriculum.yaml, stage s5): answers relation questions and
-# the reward model's "does this image match" question on the easy world; the older `qwen2_5_vl` ranks at chance.
-CURRICULUM_BACKBONE = ASSETS / "qwen2_5_vl_curriculum" / "s5_clause_hints"
-CURRICULUM_BACKBONE_STAGE = "s5"  # its stage in configs/backbone_curriculum.yaml (what --from-scratch rebuilds)
+# The backbone of the relation curriculum (configs/backbone_curriculum.yaml, stage s5m): answers relation questions and
+# the reward model's "does this image match" question on the easy world, also when a named object is not drawn; the
+# older `qwen2_5_vl` ranks at chance.
+CURRICULUM_BACKBONE = ASSETS / "qwen2_5_vl_curriculum" / "s5m_missing_objects"
+CURRICULUM_BACKBONE_STAGE = "s5m"  # its stage in configs/backbone_curriculum.yaml (what --from-scratch rebuilds)
 
 
 GRPO_SECTIONS = ("sampler", "learner", "reward", "grpo", "data", "cluster")  # jobs.grpo's config sections
@@ -148,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 backbone = curriculum / CURRICULUM_BACKBONE_STAGE
                 stage("pretraining the tiny Qwen2.5-VL backbone", base / "config.json", lambda: pretrain_backbone.main(
                     ["--config", "configs/backbone_tiny.yaml", "--out", str(base)]))
-                stage("the backbone's relation curriculum (s1-s5, hours on a CPU)", backbone / "config.json",
+                stage("the backbone's relation curriculum (s1-s5m, hours on a CPU)", backbone / "config.json",
                       lambda: pretrain_backbone.main(["--recipe", "curriculum", "--out", str(curriculum), "--stages",
-                                                      "s1,s2,s3,s4,s5", "--base", str(base)]))
+                                                      "s1,s2,s3,s4,s5,s5m", "--base", str(base)]))
                 stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
                     ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
             shipped = {"qwen": CURRICULUM_BACKBONE, "flux": ASSETS / "flux"}

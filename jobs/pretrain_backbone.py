@@ -7,7 +7,7 @@ The stand-in for Qwen2.5-VL-7B's own pretraining. Two recipes:
   RECIPE.md and log beside it). It grounds objects but answers relation questions at chance.
 - `--recipe curriculum`: the stages of configs/backbone_curriculum.yaml (spatialrl/standins/curriculum.py) on a
   base backbone grown to 6 LM layers: one relation word, then the converses, the word hint, the reward model's own
-  question. Its resume points ship in assets/tiny-pretrained/qwen2_5_vl_curriculum/ (s5_clause_hints is the demo's
+  question. Its resume points ship in assets/tiny-pretrained/qwen2_5_vl_curriculum/ (s5m_missing_objects is the demo's
   reward backbone); OUT/<stage> is each stage's model folder, OUT/<stage>.log its log. A stage whose folder exists
   is reused, so starting the same command again continues with the next stage.
 
