@@ -259,7 +259,7 @@ def make_match_example(rng, world, args, *, blur=True):
     flipped, failing, drawn, m_drawn = set(), set(), scene, m
     if not truth:
         k = min(len(relations), 1 if rng.random() < 0.7 else 2)
-        if getattr(args, "missing_prob", 0.0) > 0 and rng.random() < args.missing_prob:
+        if args.missing_prob > 0 and rng.random() < args.missing_prob:
             # the dataset's other rejected image: the prompt stays true of the scene, but an object named by
             # exactly k relations is not drawn, so those k fail (data_pipeline.perturb.leave_out)
             from data_pipeline.perturb import leave_out
