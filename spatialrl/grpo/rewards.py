@@ -23,14 +23,19 @@ import numpy as np
 from spatialrl.config import ConfigError
 
 
+SOURCES = ("spatialscore", "verifier", "verifier_margin", "verifier_presence", "colour")
+
+
 @dataclass
 class RewardConfig:
     # spatialscore: the reward model; verifier: the pixel verifier's relation accuracy (ground truth, the control);
     # verifier_margin: the verifier's signed relation margins over margin_scale, each clipped to [-1, 1] and averaged
     # (a missing object counts -1): the same ground truth, dense, so a group's images differ in reward even when they pass
-    # the same relations; colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
+    # the same relations; verifier_presence: the mean of the verifier's relation accuracy and object presence (the
+    # relations are read from colour regions alone, so relation accuracy by itself pays a policy that keeps the
+    # colours in place while it loses the named shapes); colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
     # testing the reward-hacking monitor
-    source: Literal["spatialscore", "verifier", "verifier_margin", "colour"] = "spatialscore"
+    source: Literal["spatialscore", "verifier", "verifier_margin", "verifier_presence", "colour"] = "spatialscore"
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
@@ -54,8 +59,8 @@ class RewardConfig:
     serve_retries: int = 3
 
     def validate(self) -> None:
-        if self.source not in ("spatialscore", "verifier", "verifier_margin", "colour"):
-            raise ConfigError(f"reward.source={self.source!r}: use spatialscore, verifier, verifier_margin or colour")
+        if self.source not in SOURCES:
+            raise ConfigError(f"reward.source={self.source!r}: use one of {', '.join(SOURCES)}")
         if self.source == "colour":
             from data_pipeline.world import PALETTE
 
@@ -132,7 +137,7 @@ class RewardWorker:
             score = np.full(n, np.nan, dtype=np.float32)
             reward = colour_share(images, self.cfg.colour)
         else:
-            reward = dense if self.cfg.source == "verifier_margin" else rel
+            reward = {"verifier_margin": dense, "verifier_presence": 0.5 * (rel + pres)}.get(self.cfg.source, rel)
             if np.isnan(reward).any():
                 raise ValueError(f"reward.source={self.cfg.source} needs prompts with objects/relations "
                                  f"(prompts_*.jsonl)")
