@@ -1,7 +1,8 @@
 """`make demo`: the paper's method end to end on a laptop CPU, into runs/demo/.
 
 The demo starts from the shipped pretrained tiny models (`assets/tiny-pretrained/`: a tiny Qwen2.5-VL taught
-relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5m_missing_objects`, and a toy Flux generator),
+relation questions by the relation curriculum, `qwen2_5_vl_curriculum/s5m_missing_objects`, and a toy Flux generator
+whose T5 was trained to say where each named object goes, `flux_trained_t5`, as FLUX.1-dev's T5-XXL does),
 the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights, and runs the three stages of the paper in the world setting the toy generator draws (easy:
 64 px, 2-3 objects, positional relations):
 
@@ -16,12 +17,14 @@ the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights,
                   and the reward model's pairwise accuracy
 
 `--control` adds control/: the same GRPO with the pixel verifier as the reward (the ground truth SpatialScore
-stands in for), reported beside the main result: what the RL stage achieves with a reward that measures space.
+stands in for: `reward.source=verifier_presence`, the mean of its relation accuracy and object presence), reported beside the main result: what the RL stage achieves with a reward that measures space.
 
 Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
 pretrained/ and uses those instead of the shipped assets: the backbone's base recipe, then its relation curriculum
-up to s5m (`jobs.pretrain_backbone --recipe curriculum`, hours on a CPU), as the shipped backbone was made.
+up to s5m (`jobs.pretrain_backbone --recipe curriculum`, hours on a CPU), as the shipped backbone was made; the
+generator's first stage (configs/generator_toy.yaml) and then its T5 stage (GENERATOR_T5_STAGE), where the shipped one
+has five more stages between them (assets/tiny-pretrained/flux/RECIPE.md).
 
     python -m jobs.demo --out runs/demo [--pairs 2100] [--force] [--from-scratch] [--control] [--dry-run]
     python -m jobs.demo --control --set grpo.steps=10 --set sampler.num_steps=6   # GRPO keys reach both GRPO runs
@@ -49,6 +52,14 @@ REWARD_DEMO = "configs/reward_demo.yaml"
 # older `qwen2_5_vl` ranks at chance.
 CURRICULUM_BACKBONE = ASSETS / "qwen2_5_vl_curriculum" / "s5m_missing_objects"
 CURRICULUM_BACKBONE_STAGE = "s5m"  # its stage in configs/backbone_curriculum.yaml (what --from-scratch rebuilds)
+# The generator: the toy Flux with a trained T5 (stage 8 of assets/tiny-pretrained/flux). The stage-7 model's frozen
+# random T5 tells an object's side ~62% of the time, which caps what any LoRA of its transformer can learn; this T5
+# tells it 99% of the time, as a real T5-XXL reads "left of", and leaves the transformer room (relations ~0.78-0.80).
+GENERATOR = ASSETS / "flux_trained_t5"
+GENERATOR_T5_STAGE = [  # jobs.pretrain_generator overrides of that stage (its RECIPE.md), after --set init_from=STAGE1
+    "transformer.steps=4000", "transformer.lr=5e-4", "transformer.warmup_steps=100", "transformer.logit_mean=1.0",
+    "log_every=250", "text.t5_lr=1e-3", "text.role_loss=1", "sample_check.prompts=64",
+    "sample_check.true_cfg_scales=[4]", "sample_check.noise_levels=[0]"]
 
 
 GRPO_SECTIONS = ("sampler", "learner", "reward", "grpo", "data", "cluster")  # jobs.grpo's config sections
@@ -61,7 +72,7 @@ class DemoConfig:
     control: bool = False  # also GRPO with the verifier as the reward into OUT/control
     from_scratch: bool = False  # rerun the two pretraining jobs instead of using assets/tiny-pretrained/
     backbone: str = str(CURRICULUM_BACKBONE)  # the reward model's Qwen2.5-VL folder
-    generator: str = str(ASSETS / "flux")  # the base Flux folder
+    generator: str = str(GENERATOR)  # the base Flux folder
     reward_config: str = REWARD_DEMO
     grpo_config: str = "configs/grpo_demo.yaml"
 
@@ -152,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                 stage("the backbone's relation curriculum (s1-s5m, hours on a CPU)", backbone / "config.json",
                       lambda: pretrain_backbone.main(["--recipe", "curriculum", "--out", str(curriculum), "--stages",
                                                       "s1,s2,s3,s4,s5,s5m", "--base", str(base)]))
-                stage("pretraining the toy Flux generator", flux / "model_index.json", lambda: pretrain_generator.main(
-                    ["--config", "configs/generator_toy.yaml", "--out", str(flux)]))
-            shipped = {"qwen": CURRICULUM_BACKBONE, "flux": ASSETS / "flux"}
+                flux1 = out / "pretrained" / "flux_stage1"
+                stage("pretraining the toy Flux generator", flux1 / "model_index.json", lambda: pretrain_generator.main(
+                    ["--config", "configs/generator_toy.yaml", "--out", str(flux1)]))
+                stage("training the toy Flux generator's T5 with it", flux / "model_index.json",
+                      lambda: pretrain_generator.main(
+                          ["--config", "configs/generator_toy.yaml", "--out", str(flux), "--overwrite",
+                           "--set", f"init_from={flux1}", *[x for o in GENERATOR_T5_STAGE for x in ("--set", o)]]))
+            shipped = {"qwen": CURRICULUM_BACKBONE, "flux": GENERATOR}
             random_models = []
             if not cfg.from_scratch:
                 # A shipped pretrained model missing from this checkout: run the chain on that model's random tiny
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
                       lambda: grpo.main(
                           ["--config", cfg.grpo_config, "--out", str(out / "control"), "--overwrite",
-                           "--set", f"sampler.model={generator}", "--set", "reward.source=verifier",
+                           "--set", f"sampler.model={generator}", "--set", "reward.source=verifier_presence",
                            "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
                            "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
                            *[x for o in grpo_overrides for x in ("--set", o)]]))

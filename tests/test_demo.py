@@ -42,6 +42,7 @@ def test_demo_config_defaults_and_bad_splits(capsys, tmp_path):
     assert demo.main(["--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "qwen2_5_vl_curriculum/s5m_missing_objects" in text
+    assert "tiny-pretrained/flux_trained_t5" in text  # the generator whose T5 tells the sides
     cfg = demo.DemoConfig()
     assert split_sizes(cfg.pairs, cfg.splits)["test"] >= 500
     assert demo.main(["--dry-run", "--set", "splits=[0.5,0.5]"]) == 2
