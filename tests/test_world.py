@@ -195,6 +195,9 @@ def test_relation_margins_by_hand_and_the_dense_verifier_reward():
 
 
 def test_the_verifier_presence_reward_pays_for_shapes_as_well_as_places():
+    from PIL import Image, ImageDraw
+
+    from data_pipeline.world import draw_shape
     from spatialrl.grpo.rewards import RewardConfig, RewardWorker
 
     img = np.full((64, 64, 3), 230, np.uint8)
@@ -202,18 +205,14 @@ def test_the_verifier_presence_reward_pays_for_shapes_as_well_as_places():
     img[10:20, 30:40] = PALETTE["blue"]
     objs = [{"colour": "red", "shape": "square"}, {"colour": "blue", "shape": "square"}]
     rows = [{"prompt": "p", "objects": objs, "relations": [{"subject": 0, "type": "left_of", "object": 1}]}] * 3
-    from PIL import Image, ImageDraw
-
-    from data_pipeline.world import draw_shape
-
     canvas = Image.fromarray(img.copy())
     ImageDraw.Draw(canvas).rectangle([30, 10, 39, 19], fill=(230, 230, 230))
     draw_shape(ImageDraw.Draw(canvas), "triangle", 35, 15, 12, PALETTE["blue"])  # right of red, but a triangle
-    smeared = np.asarray(canvas)
+    reshaped = np.asarray(canvas)
     swapped = np.full_like(img, 230)
     swapped[10:20, 40:50] = PALETTE["red"]  # both squares, on the wrong sides
     swapped[10:20, 10:20] = PALETTE["blue"]
-    out = RewardWorker(RewardConfig(source="verifier_presence")).score(np.stack([img, smeared, swapped]), rows)
+    out = RewardWorker(RewardConfig(source="verifier_presence")).score(np.stack([img, reshaped, swapped]), rows)
     assert list(out["relation_accuracy"]) == [1.0, 1.0, 0.0]  # relations read colour regions only
     assert list(out["object_presence"]) == [1.0, 0.5, 1.0]
     assert np.allclose(out["reward"], [1.0, 0.75, 0.5])  # the mean of the two

@@ -35,7 +35,7 @@ class RewardConfig:
     # relations are read from colour regions alone, so relation accuracy by itself pays a policy that keeps the
     # colours in place while it loses the named shapes); colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
     # testing the reward-hacking monitor
-    source: Literal["spatialscore", "verifier", "verifier_margin", "verifier_presence", "colour"] = "spatialscore"
+    source: Literal[SOURCES] = "spatialscore"
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
     checkpoint: str = ""  # a SpatialScore checkpoint folder (jobs.train_reward's CKPT/final)
