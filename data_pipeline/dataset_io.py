@@ -274,6 +274,8 @@ def write_preview(data_dir: Path, n: int = 6, split: str | None = None, tile: in
             f"{name(b['subject'])} {b['type']} {name(b['object'])}" for b in broken)
         if info.get("missing"):
             verdict += " (" + ", ".join(name(i) for i in info["missing"]) + " left out)"
+        if info.get("wrong_shape"):
+            verdict += " (" + ", ".join(f"{name(w['object'])} drawn as a {w['drawn']}" for w in info["wrong_shape"]) + ")"
         lines += [(line, (150, 0, 0)) for line in textwrap.wrap(verdict, 88)[:3]]
         tx = 2 * tile + 25
         for l_i, (line, colour) in enumerate(lines):

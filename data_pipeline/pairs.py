@@ -12,7 +12,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from data_pipeline.perturb import missing_objects, perturb
+from data_pipeline.perturb import missing_objects, perturb, reshaped_objects
 from data_pipeline.prompts import PromptWriter
 from data_pipeline.verifier import object_presence, present_as_recorded
 from data_pipeline.world import Relation, WorldConfig, render, sample_relations, sample_scene
@@ -50,25 +50,29 @@ def make_pair(pair_id: int, seed: int, split: str, cfg: WorldConfig) -> dict:
         if result is None:
             continue
         bad_scene, violated, bad_m = result
-        missing = missing_objects(bad_scene)
+        missing, reshaped = missing_objects(bad_scene), reshaped_objects(scene, bad_scene)
         objects = [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
+        # the fast path trusts untouched shapes; a reshaped object must read back as not the named one
         if not (all(object_presence(m, objects, True)[0])
-                and present_as_recorded(object_presence(bad_m, objects, True)[0], missing)):
+                and present_as_recorded(object_presence(bad_m, objects, not reshaped)[0], missing + reshaped)):
             continue  # an occluded shape would be unreadable from pixels: like an ambiguous relation, not stated
         writer = PromptWriter(rng, scene, relations)
         info = structured(scene, relations)
         info["violated"] = violated
         if missing:
             info["missing"] = missing
+        if reshaped:
+            info["wrong_shape"] = [{"object": i, "drawn": bad_scene.objects[i].shape} for i in reshaped]
         return {
             "pair_id": f"{split}-{pair_id:07d}",
             "prompt": writer.write(),
             "chosen_image": encode_png(render(scene)),
             "rejected_image": encode_png(render(bad_scene)),
             "num_perturbations": k,
-            # a left-out object: no relation word describes the rejected image, so no perturbed prompt
-            "perturbed_prompt": "" if missing else writer.write(flipped=set(violated)),
-            "category": "missing_object" if missing else ",".join(sorted({relations[i].type for i in violated})),
+            # a left-out or reshaped object: no relation word describes the rejected image, so no perturbed prompt
+            "perturbed_prompt": "" if missing or reshaped else writer.write(flipped=set(violated)),
+            "category": ("missing_object" if missing else "wrong_shape" if reshaped
+                         else ",".join(sorted({relations[i].type for i in violated}))),
             "relations": json.dumps(info),
             "source": "spatial_world",
             "split": split,

@@ -5,7 +5,8 @@ model, then has experts check the pair. Here we edit the layout directly and che
 aimed at k chosen relations (move an object across its partner, swap two objects' places, swap their sizes,
 flip which of an occluding pair is in front), render, and accept only if every stated relation is still
 decisive and exactly k of them are now false. The other relations are kept by construction of the check.
-Optionally (`world.missing_object_prob`) the edit is leaving out an object named by exactly k relations.
+Optionally (`world.missing_object_prob`) the edit is leaving out an object named by exactly k relations, or
+(`world.wrong_shape_prob`) drawing such an object with another shape where it stands.
 """
 
 from __future__ import annotations
@@ -132,6 +133,35 @@ def leave_out(
     return new, bad, m
 
 
+def reshape(
+    rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int, cfg: WorldConfig
+) -> tuple[Scene, list[int], Measurements] | None:
+    """A copy of `scene` with one object drawn in another of `cfg.shapes` (same colour, centre and size): an object
+    named by exactly `k` relations and in no occluding pair. The k relations naming it fail as stated ("the red
+    circle" is not in the image), while by place alone every relation still holds decisively, so the shape is the
+    only thing that changed. None if no object qualifies or the check on pixels fails."""
+    occluding = {i for pair in scene.overlaps for i in pair}
+    named = [sum(i in (r.subject, r.object) for r in relations) for i in range(len(scene.objects))]
+    candidates = [i for i, c in enumerate(named) if c == k and i not in occluding]
+    if not candidates:
+        return None
+    target = int(rng.choice(candidates))
+    others = [s for s in cfg.shapes if s != scene.objects[target].shape]
+    new = scene.copy()
+    new.objects[target].shape = str(rng.choice(others))
+    if not layout_ok(new, cfg.gap * cfg.canvas):
+        return None
+    m = measure(render_labels(new), len(new.objects))
+    if not pixels_ok(new, m, cfg) or violated_relations(m, relations, cfg) != []:
+        return None  # a triangle's centroid sits lower, a circle is smaller: the places must still read the same
+    return new, [idx for idx, r in enumerate(relations) if target in (r.subject, r.object)], m
+
+
+def reshaped_objects(scene: Scene, perturbed: Scene) -> list[int]:
+    """Objects `perturbed` draws with another shape than `scene` (a `reshape` perturbation)."""
+    return [i for i, (a, b) in enumerate(zip(scene.objects, perturbed.objects)) if a.shape != b.shape]
+
+
 def missing_objects(scene: Scene) -> list[int]:
     """Objects of `scene` that are not drawn (a `leave_out` perturbation)."""
     drawn = set(scene.order)
@@ -142,13 +172,17 @@ def perturb(
     rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int, cfg: WorldConfig
 ) -> tuple[Scene, list[int], Measurements] | None:
     """A copy of `scene` violating exactly `k` relations (their indices), or None if no edit was found. With
-    probability `cfg.missing_object_prob` it first tries leaving an object out (`leave_out`)."""
+    probability `cfg.missing_object_prob` it first tries leaving an object out (`leave_out`), with probability
+    `cfg.wrong_shape_prob` drawing one in another shape (`reshape`)."""
     if k > len(relations):
         return None
-    if cfg.missing_object_prob > 0 and rng.random() < cfg.missing_object_prob:
-        dropped = leave_out(rng, scene, relations, k, cfg)
-        if dropped is not None:
-            return dropped
+    if cfg.missing_object_prob > 0 or cfg.wrong_shape_prob > 0:
+        u = rng.random()  # one draw for both, so a world without wrong shapes keeps its datasets
+        edit = leave_out if u < cfg.missing_object_prob else reshape if u < cfg.missing_object_prob + cfg.wrong_shape_prob else None
+        if edit is not None:
+            edited = edit(rng, scene, relations, k, cfg)
+            if edited is not None:
+                return edited
     gap_px = cfg.gap * cfg.canvas
     for _ in range(cfg.perturb_tries):
         new = scene.copy()

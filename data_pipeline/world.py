@@ -83,6 +83,10 @@ class WorldConfig:
     # the violated ones; an object is picked whose relation count is the pair's level): a generator's commonest
     # failure, which a reward model trained on moved objects only has never seen and may pay for
     missing_object_prob: float = 0.0
+    # chance that a rejected image draws one object with another shape instead (same colour, place and size: the
+    # relations naming it are the violated ones, since "the red circle" is not there): the failure a reward trained
+    # on moved and left-out objects alone pays for, as its GRPO generators trade shapes for places
+    wrong_shape_prob: float = 0.0
 
     def validate(self) -> None:
         from spatialrl.config import ConfigError
@@ -118,6 +122,11 @@ class WorldConfig:
             raise ConfigError("world.perturbation_probs must sum to 1")
         if not 0.0 <= self.missing_object_prob <= 1.0:
             raise ConfigError(f"world.missing_object_prob={self.missing_object_prob}: a probability in [0, 1], e.g. 0.25")
+        if not 0.0 <= self.wrong_shape_prob <= 1.0 or self.missing_object_prob + self.wrong_shape_prob > 1.0:
+            raise ConfigError(f"world.wrong_shape_prob={self.wrong_shape_prob}: a probability in [0, 1] whose sum with "
+                              f"world.missing_object_prob ({self.missing_object_prob}) is at most 1, e.g. 0.2")
+        if self.wrong_shape_prob > 0 and len(self.shapes) < 2:
+            raise ConfigError("world.wrong_shape_prob > 0 needs at least two world.shapes to swap between")
 
     @property
     def margins(self) -> Margins:

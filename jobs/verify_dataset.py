@@ -11,8 +11,10 @@ Every run starts with `dataset_io.check_dataset` (manifest, Parquet footers, sch
 files); `--check` stops there and prints what it checked. A damaged dataset exits 2 with one message naming
 the file and the fix. Prints and writes `chosen_all_hold` (fraction of chosen images where all relations hold),
 `rejected_exact_violations` (fraction of rejected images whose violated relations are exactly the recorded
-ones), object presence in both (a rejected image counts as right when it shows every object but the ones its
-record names missing, `world.missing_object_prob`), and per-relation-type breakdowns.
+ones; a relation naming an object that is not drawn with its shape counts as violated), object presence in both
+(a rejected image counts as right when it shows every object but the ones its record names missing,
+`world.missing_object_prob`, or drawn in another shape, `world.wrong_shape_prob`), and per-relation-type
+breakdowns.
 """
 
 from __future__ import annotations
@@ -68,17 +70,22 @@ def verify_batch(batch: dict) -> dict:
         margins = margins_for(c_img.shape[0])
         vc = verify(c_img, objs, rels, margins)
         vr = verify(r_img, objs, rels, margins)
+        # a relation fails as stated when it fails by place or names an object not drawn with its shape (a
+        # reshaped object stands where it stood, so by place alone its relations still hold)
+        failed = set(vr.violated()) | {i for i, r in enumerate(rels)
+                                       if not (vr.objects_present[r["subject"]] and vr.objects_present[r["object"]])}
         by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # n, chosen ok, rejected as recorded
         for i, r in enumerate(rels):
             t = by_type[r["type"]]
             t[0] += 1
             t[1] += int(vc.relations_hold[i])
-            t[2] += int(vr.relations_hold[i] == (i not in violated))
+            t[2] += int((i in failed) == (i in violated))
+        not_drawn = list(info.get("missing", [])) + [w["object"] for w in info.get("wrong_shape", [])]
         out["has_relations"].append(True)
         out["chosen_all_hold"].append(vc.all_hold)
-        out["rejected_exact"].append(set(vr.violated()) == violated)
+        out["rejected_exact"].append(failed == violated)
         out["chosen_present"].append(all(vc.objects_present))
-        out["rejected_present"].append(present_as_recorded(vr.objects_present, info.get("missing", [])))
+        out["rejected_present"].append(present_as_recorded(vr.objects_present, not_drawn))
         out["by_type"].append(json.dumps(by_type))
     return dict(out)
 

@@ -89,6 +89,51 @@ def test_leave_out_drops_one_object_named_by_exactly_k_relations():
         WorldConfig(missing_object_prob=1.5).validate()
 
 
+def test_reshape_draws_one_object_named_by_exactly_k_relations_in_another_shape():
+    from data_pipeline.perturb import reshape, reshaped_objects
+    from data_pipeline.verifier import object_presence
+    from data_pipeline.world import Background, Obj, Relation, Scene
+
+    objs = [Obj("red", "square", "large", 16, 12, 12), Obj("blue", "square", "large", 16, 40, 12),
+            Obj("green", "square", "large", 16, 12, 44)]
+    scene = Scene(64, objs, Background("solid", ("white", "white"), 0.0, (0.5, 0.5)), [0, 1, 2], set())
+    rels = [Relation(0, "left_of", 1), Relation(0, "above", 2)]  # object 0: 2 relations; 1 and 2: one each
+    world = WorldConfig(canvas=64, shapes=["square", "circle"])
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        new, bad, m = reshape(rng, scene, rels, 1, world)
+        changed = reshaped_objects(scene, new)
+        assert changed in ([1], [2]) and bad == [changed[0] - 1]  # blue breaks relation 0, green relation 1
+        assert new.objects[changed[0]].shape == "circle" and scene.objects[changed[0]].shape == "square"
+        assert new.objects[changed[0]].x == scene.objects[changed[0]].x  # same place: only the shape differs
+        present, seen = object_presence(m, [{"colour": o.colour, "shape": o.shape} for o in scene.objects])
+        assert present == [i not in changed for i in range(3)] and seen[changed[0]] == "circle"
+    new, bad, _ = reshape(rng, scene, rels, 2, world)
+    assert reshaped_objects(scene, new) == [0] and bad == [0, 1]
+    assert reshape(rng, scene, rels, 3, world) is None  # no object is named by 3 relations
+    with pytest.raises(Exception, match="wrong_shape_prob"):
+        WorldConfig(missing_object_prob=0.5, wrong_shape_prob=0.6).validate()
+    with pytest.raises(Exception, match="two world.shapes"):
+        WorldConfig(shapes=["square"], wrong_shape_prob=0.2).validate()
+
+
+def test_a_world_without_wrong_shapes_keeps_its_pairs():
+    """wrong_shape_prob shares the missing-object draw, so turning it on changes only the pairs whose draw lands on
+    a reshape; at 0 the random stream, and so every dataset built before it existed, is unchanged."""
+    import dataclasses
+
+    world = _world("configs/dataset_easy.yaml")
+    before = dataclasses.replace(world, wrong_shape_prob=0.0)
+    after = dataclasses.replace(world, wrong_shape_prob=0.3)
+    a = [make_pair(i, 7, "train", before) for i in range(40)]
+    b = [make_pair(i, 7, "train", after) for i in range(40)]
+    assert sum(r["category"] == "wrong_shape" for r in a) == 0
+    assert sum(r["category"] == "wrong_shape" for r in b) >= 5
+    # pairs whose draw does not pick a reshape (about 1 - 0.3 of them) come out the same
+    same = sum(x["prompt"] == y["prompt"] and x["rejected_image"] == y["rejected_image"] for x, y in zip(a, b))
+    assert 0.5 * len(a) <= same < len(a), same
+
+
 def decode(b):
     return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
 
@@ -106,15 +151,19 @@ def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
         vc = verify(decode(row["chosen_image"]), info["objects"], info["relations"], margins)
         vr = verify(decode(row["rejected_image"]), info["objects"], info["relations"], margins)
         assert vc.all_hold, (i, vc.relations_hold)
-        assert vr.violated() == info["violated"], (i, vr.violated(), info["violated"])
         missing = info.get("missing", [])
+        reshaped = [w["object"] for w in info.get("wrong_shape", [])]
+        # a reshaped object stands where it stood: by place every relation holds, and its shape is the violation
+        assert vr.violated() == ([] if reshaped else info["violated"]), (i, vr.violated(), info["violated"])
         assert all(vc.objects_present), i
-        assert vr.objects_present == [j not in missing for j in range(len(info["objects"]))], (i, missing)
-        if missing:  # exactly the relations that name the left-out object fail
-            left_out += 1
-            assert row["category"] == "missing_object" and row["perturbed_prompt"] == ""
-            assert info["violated"] == [k for k, r in enumerate(info["relations"])
-                                        if missing[0] in (r["subject"], r["object"])]
+        assert vr.objects_present == [j not in missing + reshaped for j in range(len(info["objects"]))], (i, missing)
+        for w in info.get("wrong_shape", []):
+            assert vr.shapes_seen[w["object"]] == w["drawn"] != info["objects"][w["object"]]["shape"], i
+        if missing or reshaped:  # exactly the relations that name the left-out or reshaped object fail
+            left_out += bool(missing)
+            assert row["category"] == ("missing_object" if missing else "wrong_shape") and row["perturbed_prompt"] == ""
+            gone = (missing + reshaped)[0]
+            assert info["violated"] == [k for k, r in enumerate(info["relations"]) if gone in (r["subject"], r["object"])]
     assert levels == set(world.perturbation_levels)
     # the easy world leaves an object out of about a quarter of its rejected images; the paper-like one never
     share = left_out / n
@@ -216,6 +265,8 @@ def test_the_verifier_presence_reward_pays_for_shapes_as_well_as_places():
     assert list(out["relation_accuracy"]) == [1.0, 1.0, 0.0]  # relations read colour regions only
     assert list(out["object_presence"]) == [1.0, 0.5, 1.0]
     assert np.allclose(out["reward"], [1.0, 0.75, 0.5])  # the mean of the two
+    strict = RewardWorker(RewardConfig(source="verifier_strict")).score(np.stack([img, reshaped, swapped]), rows)
+    assert list(strict["reward"]) == [1.0, 0.0, 0.0]  # the blue triangle is not the blue square the relation names
 
 
 def test_shape_classifier_on_clean_shapes():

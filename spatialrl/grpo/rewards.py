@@ -23,7 +23,7 @@ import numpy as np
 from spatialrl.config import ConfigError
 
 
-SOURCES = ("spatialscore", "verifier", "verifier_margin", "verifier_presence", "colour")
+SOURCES = ("spatialscore", "verifier", "verifier_margin", "verifier_presence", "verifier_strict", "colour")
 
 
 @dataclass
@@ -33,7 +33,9 @@ class RewardConfig:
     # (a missing object counts -1): the same ground truth, dense, so a group's images differ in reward even when they pass
     # the same relations; verifier_presence: the mean of the verifier's relation accuracy and object presence (the
     # relations are read from colour regions alone, so relation accuracy by itself pays a policy that keeps the
-    # colours in place while it loses the named shapes); colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
+    # colours in place while it loses the named shapes); verifier_strict: the share of relations that hold as stated,
+    # by place and with both named objects drawn in their shapes ("the red circle left of the blue square" fails
+    # when the red thing is a square), so no relation is paid for a lost shape; colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
     # testing the reward-hacking monitor
     source: Literal[SOURCES] = "spatialscore"
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
@@ -121,12 +123,16 @@ class RewardWorker:
         rel = np.full(n, np.nan, dtype=np.float32)
         pres = np.full(n, np.nan, dtype=np.float32)
         dense = np.full(n, np.nan, dtype=np.float32)
+        strict = np.full(n, np.nan, dtype=np.float32)
         margins = margins_for(images.shape[1]) if n else None
         for i, (img, row) in enumerate(zip(images, rows)):
             if row.get("objects"):
                 res = verify(img, row["objects"], row.get("relations") or [], margins)
                 rel[i] = np.mean(res.relations_hold) if res.relations_hold else np.nan
                 pres[i] = np.mean(res.objects_present)
+                if res.relations_hold:
+                    strict[i] = np.mean([h and res.objects_present[r["subject"]] and res.objects_present[r["object"]]
+                                         for h, r in zip(res.relations_hold, row["relations"])])
                 if self.cfg.source == "verifier_margin" and row.get("relations"):
                     dense[i] = np.mean(np.clip(relation_margins(img, row["objects"], row["relations"], margins)
                                                / self.cfg.margin_scale, -1, 1))
@@ -137,7 +143,8 @@ class RewardWorker:
             score = np.full(n, np.nan, dtype=np.float32)
             reward = colour_share(images, self.cfg.colour)
         else:
-            reward = {"verifier_margin": dense, "verifier_presence": 0.5 * (rel + pres)}.get(self.cfg.source, rel)
+            reward = {"verifier_margin": dense, "verifier_presence": 0.5 * (rel + pres),
+                      "verifier_strict": strict}.get(self.cfg.source, rel)
             if np.isnan(reward).any():
                 raise ValueError(f"reward.source={self.cfg.source} needs prompts with objects/relations "
                                  f"(prompts_*.jsonl)")
