@@ -291,7 +291,8 @@ def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
         "dataset": {"pairs": v["n_pairs"], "chosen_all_hold": v["chosen_all_hold"],
                     "rejected_exact_violations": v["rejected_exact_violations"]},
         "reward_model": {k: r[k] for k in ("accuracy", "accuracy_1pert", "accuracy_2to3pert", "n_pairs",
-                                           "accuracy_missing_object", "accuracy_moved", "n_missing_object") if k in r},
+                                           "accuracy_missing_object", "accuracy_moved", "n_missing_object",
+                                           "accuracy_wrong_shape", "n_wrong_shape") if k in r},
         "grpo": g,
         "seconds": round(seconds, 1),
     }
@@ -319,8 +320,10 @@ def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
     print(f"\nSpatialScore pairwise accuracy on the test split: {pct(r.get('accuracy'))} "
           f"(1-pert {pct(r.get('accuracy_1pert'))}, 2-3-pert {pct(r.get('accuracy_2to3pert'))}, {r.get('n_pairs')} pairs"
           + (f"; {pct(r.get('accuracy_missing_object'))} where the rejected image leaves an object out "
-             f"({r['n_missing_object']}), {pct(r.get('accuracy_moved'))} where it moves one" if r.get("n_missing_object")
-             else "") + ")")
+             f"({r['n_missing_object']})" if r.get("n_missing_object") else "")
+          + (f", {pct(r.get('accuracy_wrong_shape'))} where it draws one in another shape ({r['n_wrong_shape']})"
+             if r.get("n_wrong_shape") else "")
+          + (f", {pct(r.get('accuracy_moved'))} where it moves one" if r.get("accuracy_moved") is not None else "") + ")")
     print(f"demo finished in {seconds:.0f} s; summary: {out / 'summary.json'}; grids: {out / 'grpo'}")
     return summary
 

@@ -12,8 +12,8 @@ chosen and the rejected image of every pair. Baselines (same backbone, same data
 
     python -m jobs.eval_reward --checkpoint runs/reward/final --data runs/dataset [--split test] [--json OUT]
 
-Writes JSON (`accuracy`, `accuracy_1pert`, `accuracy_2to3pert`, `accuracy_missing_object` / `accuracy_moved`
-(None without left-out objects), `n_pairs`, mean scores, baselines) and a
+Writes JSON (`accuracy`, `accuracy_1pert`, `accuracy_2to3pert`, `accuracy_missing_object` / `accuracy_wrong_shape` /
+`accuracy_moved` (None without left-out or reshaped objects), `n_pairs`, mean scores, baselines) and a
 markdown table (`--markdown`, default next to the JSON).
 """
 
@@ -78,7 +78,8 @@ class PairScorer:
         rejected = [decode_image(b) for b in batch["rejected_image"]]
         out = {"pair_id": np.asarray(batch["pair_id"]).astype(str),
                "num_perturbations": np.asarray([-1 if v is None else int(v) for v in batch["num_perturbations"]]),
-               "missing_object": np.asarray([c == "missing_object" for c in batch.get("category", [None] * len(prompts))])}
+               "missing_object": np.asarray([c == "missing_object" for c in batch.get("category", [None] * len(prompts))]),
+               "wrong_shape": np.asarray([c == "wrong_shape" for c in batch.get("category", [None] * len(prompts))])}
         for name, scorer in self.scorers.items():
             out[f"{name}_chosen"] = scorer.score(prompts, chosen)
             out[f"{name}_rejected"] = scorer.score(prompts, rejected)
@@ -95,6 +96,7 @@ def metrics(rows: dict, name: str) -> dict:
     c, r = np.asarray(rows[f"{name}_chosen"]), np.asarray(rows[f"{name}_rejected"])
     k = np.asarray(rows["num_perturbations"])
     missing = np.asarray(rows.get("missing_object", np.zeros(len(k), dtype=bool))).astype(bool)
+    reshaped = np.asarray(rows.get("wrong_shape", np.zeros(len(k), dtype=bool))).astype(bool)
     win = c > r
 
     def acc(mask):
@@ -104,9 +106,11 @@ def metrics(rows: dict, name: str) -> dict:
         "accuracy": acc(np.ones_like(win)), "accuracy_1pert": acc(k == 1), "accuracy_2to3pert": acc((k == 2) | (k == 3)),
         "n_pairs": int(len(win)), "n_1pert": int((k == 1).sum()), "n_2to3pert": int(((k == 2) | (k == 3)).sum()),
         "mean_score_chosen": float(c.mean()), "mean_score_rejected": float(r.mean()),
-        # rejected images that leave an object out (world.missing_object_prob) vs those that move objects
-        "accuracy_missing_object": acc(missing), "accuracy_moved": acc(~missing) if missing.any() else None,
-        "n_missing_object": int(missing.sum()),
+        # rejected images that leave an object out (world.missing_object_prob), draw one in another shape
+        # (world.wrong_shape_prob), or move objects
+        "accuracy_missing_object": acc(missing), "accuracy_wrong_shape": acc(reshaped),
+        "accuracy_moved": acc(~missing & ~reshaped) if (missing | reshaped).any() else None,
+        "n_missing_object": int(missing.sum()), "n_wrong_shape": int(reshaped.sum()),
     }
 
 
@@ -115,8 +119,12 @@ def markdown_table(report: dict) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
     missing = (f"; {report['n_missing_object']} rejected images leave an object out: SpatialScore "
-               f"{pct(report['accuracy_missing_object'])} on those, {pct(report['accuracy_moved'])} on the moved ones"
-               if report.get("n_missing_object") else "")
+               f"{pct(report['accuracy_missing_object'])} on those" if report.get("n_missing_object") else "")
+    if report.get("n_wrong_shape"):
+        missing += (f"; {report['n_wrong_shape']} draw one in another shape: SpatialScore "
+                    f"{pct(report['accuracy_wrong_shape'])} on those")
+    if report.get("accuracy_moved") is not None:
+        missing += f", {pct(report['accuracy_moved'])} on the moved ones"
     lines = [f"Pairwise accuracy (%) on `{report['data']}` split `{report['split']}`, {report['n_pairs']} pairs "
              f"({report['n_1pert']} with 1 perturbation, {report['n_2to3pert']} with 2-3{missing}).", "",
              "| model | overall | 1-pert | 2-3-pert | mean score chosen | mean score rejected |",

@@ -27,6 +27,14 @@ def test_metrics_by_hand():
     report = {"data": "d", "split": "test", "vlm_judge": None, "baselines": {}, **m}
     assert "1 rejected images leave an object out: SpatialScore 100.0 on those, 33.3 on the moved ones" \
         in markdown_table(report)
+    assert m["accuracy_wrong_shape"] is None and m["n_wrong_shape"] == 0
+    # pair 0 draws an object in another shape (a win): the moved ones are now 1 and 3, neither won
+    rows["wrong_shape"] = np.array([True, False, False, False])
+    m = metrics(rows, "m")
+    assert (m["accuracy_wrong_shape"], m["n_wrong_shape"], m["accuracy_moved"]) == (1.0, 1, 0.0)
+    report = {"data": "d", "split": "test", "vlm_judge": None, "baselines": {}, **m}
+    assert ("1 rejected images leave an object out: SpatialScore 100.0 on those; 1 draw one in another shape: "
+            "SpatialScore 100.0 on those, 0.0 on the moved ones") in markdown_table(report)
 
 
 @pytest.mark.ray

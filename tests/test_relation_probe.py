@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 S4 = REPO / "assets" / "tiny-pretrained" / "qwen2_5_vl_curriculum" / "s4_word_hint"
 WORDS = ("above", "below", "left_of", "right_of")
@@ -92,3 +94,32 @@ def test_missing_object_match_examples_leave_a_named_object_out():
         else:
             assert not gone, (ex.prompt, gone)  # every named object is drawn
             assert ex.truth == (not fails)
+
+
+def test_wrong_shape_match_examples_draw_a_named_object_in_another_shape():
+    import argparse
+
+    import numpy as np
+
+    from data_pipeline.world import load_world_preset
+    from spatialrl.standins.curriculum import make_match_example
+
+    world = load_world_preset("configs/dataset_easy.yaml")
+    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=0.0,
+                              wrong_shape_prob=1.0)
+    rng = np.random.default_rng(4)
+    examples = [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
+    reshaped = [ex for ex in examples if ex.wrong_shape]
+    assert len(reshaped) >= 8, [ex.truth for ex in examples]  # about half are "no", and reshape succeeds on most
+    for ex in examples:
+        assert not ex.missing  # no object is left out at --missing-prob 0
+        fails = [c for c in ex.clauses if not c[1]]
+        if ex.wrong_shape:
+            # the prompt is true of the scene's places; the 1-2 relations naming the redrawn object fail
+            assert not ex.truth and 1 <= len(fails) <= 2, (ex.prompt, fails)
+        else:
+            assert ex.truth == (not fails)
+    with pytest.raises(SystemExit):
+        from spatialrl.standins.curriculum import main
+
+        main(["--missing-prob", "0.6", "--wrong-shape-prob", "0.6", "--max-steps", "0"])

@@ -190,7 +190,8 @@ def pair_items(seed: int, world, n: int, image_size: int) -> list[dict]:
         sides = [decode_image(row[k]).convert("RGB").resize((image_size,) * 2, Image.BILINEAR)
                  for k in ("chosen_image", "rejected_image")]
         out.append({"prompt": row["prompt"], "chosen": sides[0], "rejected": sides[1],
-                    "k": int(row["num_perturbations"]), "missing": row["category"] == "missing_object"})
+                    "k": int(row["num_perturbations"]), "missing": row["category"] == "missing_object",
+                    "wrong_shape": row["category"] == "wrong_shape"})
     return out
 
 

@@ -259,14 +259,17 @@ def make_match_example(rng, world, args, *, blur=True):
     flipped, failing, drawn, m_drawn = set(), set(), scene, m
     if not truth:
         k = min(len(relations), 1 if rng.random() < 0.7 else 2)
-        if args.missing_prob > 0 and rng.random() < args.missing_prob:
-            # the dataset's other rejected image: the prompt stays true of the scene, but an object named by
-            # exactly k relations is not drawn, so those k fail (data_pipeline.perturb.leave_out)
-            from data_pipeline.perturb import leave_out
+        wrong_shape = getattr(args, "wrong_shape_prob", 0.0)
+        u = rng.random() if args.missing_prob > 0 or wrong_shape > 0 else 1.0
+        if u < args.missing_prob + wrong_shape:
+            # the dataset's other rejected images: the prompt stays true of the scene, but an object named by
+            # exactly k relations is not drawn (data_pipeline.perturb.leave_out) or drawn in another shape where
+            # it stood (reshape), so those k fail
+            from data_pipeline.perturb import leave_out, reshape
 
-            dropped = leave_out(rng, scene, relations, k, world)
-            if dropped is not None:
-                drawn, failing, m_drawn = dropped[0], set(dropped[1]), dropped[2]
+            edited = (leave_out if u < args.missing_prob else reshape)(rng, scene, relations, k, world)
+            if edited is not None:
+                drawn, failing, m_drawn = edited[0], set(edited[1]), edited[2]
                 img = _image(rng, drawn, args, blur)
         if not failing:
             flipped = {int(i) for i in rng.choice(len(relations), size=k, replace=False)}
@@ -287,15 +290,17 @@ def make_match_example(rng, world, args, *, blur=True):
         stated = CONVERSE[rel.type] if i in flipped else rel.type
         clauses.append((end, i not in failing, scene.objects[rel.subject].colour, stated,
                         relation_set(drawn, m_drawn, world, rel.subject, stated)))
+    reshaped = bool(failing) and not flipped and len(drawn.order) == len(scene.order)
     example = MatchExample(img, prompt, truth, patch_targets(drawn, labels, args.image_size), rel_t, clauses,
-                           missing=bool(failing) and not flipped)
+                           missing=bool(failing) and not flipped and not reshaped, wrong_shape=reshaped)
     return example, min(gaps)
 
 
 class MatchExample:
-    def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False):
+    def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False, wrong_shape=False):
         self.image, self.prompt, self.truth = image, prompt, truth
         self.missing = missing  # a "no" because a named object is not drawn (not a relation stated the wrong way)
+        self.wrong_shape = wrong_shape  # a "no" because a named object is drawn in another shape
         self.patch_targets, self.relation_targets = patch, rel
         # per stated relation: (character offset where its sentence ends, holds?, subject colour, stated word,
         # the subject's colour set for that word): the clause gets the question's hints at its last token
@@ -496,6 +501,8 @@ def evaluate_match(model, encoder, match_set, pair_set):
         hits["<1" if gap < 1 else "1-2" if gap < 2 else ">=2"].append(ok)
         if ex.missing:
             hits.setdefault("missing", []).append(ok)
+        if getattr(ex, "wrong_shape", False):
+            hits.setdefault("wrong_shape", []).append(ok)
     out = {f"match/{k}": (float(np.mean(v)) if v else float("nan"), len(v)) for k, v in hits.items()}
     if pair_set:
         prompts = [p["prompt"] for p in pair_set]
@@ -506,9 +513,10 @@ def evaluate_match(model, encoder, match_set, pair_set):
         out["pairs/all"] = (float(wins.mean()), len(wins))
         for level in sorted(set(k.tolist())):
             out[f"pairs/{level}pert"] = (float(wins[k == level].mean()), int((k == level).sum()))
-        missing = np.array([bool(p.get("missing")) for p in pair_set])
-        if missing.any():
-            out["pairs/missing"] = (float(wins[missing].mean()), int(missing.sum()))
+        for key in ("missing", "wrong_shape"):
+            mask = np.array([bool(p.get(key)) for p in pair_set])
+            if mask.any():
+                out[f"pairs/{key}"] = (float(wins[mask].mean()), int(mask.sum()))
     model.train()
     return out
 
@@ -665,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--missing-prob", type=float, default=0.0,
                    help="share of the match task's 'no' scenes whose prompt is true but one object it names is not "
                         "drawn (the dataset's left-out rejected images); the rest flip 1-2 stated relations")
+    p.add_argument("--wrong-shape-prob", type=float, default=0.0,
+                   help="share of the match task's 'no' scenes whose prompt is true but one object it names is drawn "
+                        "in another shape where it stood (the dataset's wrong_shape rejected images)")
     p.add_argument("--pair-eval", type=int, default=0,
                    help="dataset-style preference pairs (perturbed image) scored by the yes-no margin (0 = off)")
     p.add_argument("--report-words", action="store_true",
@@ -679,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
                 "earlier stage saved with --save")
     if not 0.0 <= args.missing_prob <= 1.0:
         p.error(f"--missing-prob {args.missing_prob}: a probability in [0, 1], e.g. 0.5")
+    if not 0.0 <= args.wrong_shape_prob <= 1.0 - args.missing_prob:
+        p.error(f"--wrong-shape-prob {args.wrong_shape_prob}: a probability in [0, 1] whose sum with --missing-prob "
+                f"({args.missing_prob}) is at most 1, e.g. 0.3")
     args.n_sets = len(args.relation_layers.split(","))
     if args.n_sets not in (2, 4, 6, 8):
         p.error(f"--relation-layers {args.relation_layers}: give 2, 4, 6 or 8 layers, one per relation set "
