@@ -17,7 +17,7 @@ the way a real user starts from downloaded Qwen2.5-VL-7B and FLUX.1-dev weights,
                   and the reward model's pairwise accuracy
 
 `--control` adds control/: the same GRPO with the pixel verifier as the reward (the ground truth SpatialScore
-stands in for: `reward.source=verifier_presence`, the mean of its relation accuracy and object presence), reported beside the main result: what the RL stage achieves with a reward that measures space.
+stands in for: `reward.source=verifier_strict`, the share of relations that hold with both named shapes drawn), reported beside the main result: what the RL stage achieves with a reward that measures space.
 
 Each stage reuses its output when present; `--force` redoes them all. `--from-scratch` (make
 demo-from-scratch) also reruns the two pretraining jobs (jobs.pretrain_backbone, jobs.pretrain_generator) into
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 stage("5/5 control: GRPO with the verifier as the reward", out / "control" / "summary.json",
                       lambda: grpo.main(
                           ["--config", cfg.grpo_config, "--out", str(out / "control"), "--overwrite",
-                           "--set", f"sampler.model={generator}", "--set", "reward.source=verifier_presence",
+                           "--set", f"sampler.model={generator}", "--set", "reward.source=verifier_strict",
                            "--set", f"data.prompts={dataset / 'prompts_train.jsonl'}",
                            "--set", f"data.eval_prompts={dataset / 'prompts_test.jsonl'}",
                            *[x for o in grpo_overrides for x in ("--set", o)]]))
