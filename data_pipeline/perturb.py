@@ -109,18 +109,23 @@ def approx_scores(scene: Scene, relations: list[Relation], cfg: WorldConfig) -> 
     return out
 
 
+def _named_by_k(rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int) -> int | None:
+    """A random object named by exactly `k` relations and in no occluding pair, or None."""
+    occluding = {i for pair in scene.overlaps for i in pair}
+    named = [sum(i in (r.subject, r.object) for r in relations) for i in range(len(scene.objects))]
+    candidates = [i for i, c in enumerate(named) if c == k and i not in occluding]
+    return int(rng.choice(candidates)) if candidates else None
+
+
 def leave_out(
     rng: np.random.Generator, scene: Scene, relations: list[Relation], k: int, cfg: WorldConfig
 ) -> tuple[Scene, list[int], Measurements] | None:
     """A copy of `scene` with one object not drawn (it stays in `objects`, leaves `order`): an object named by
     exactly `k` relations and in no occluding pair, so those k relations fail and every other object and relation
     is untouched. None if no object qualifies or the check on pixels fails."""
-    occluding = {i for pair in scene.overlaps for i in pair}
-    named = [sum(i in (r.subject, r.object) for r in relations) for i in range(len(scene.objects))]
-    candidates = [i for i, c in enumerate(named) if c == k and i not in occluding]
-    if not candidates:
+    gone = _named_by_k(rng, scene, relations, k)
+    if gone is None:
         return None
-    gone = int(rng.choice(candidates))
     new = scene.copy()
     new.order = [i for i in new.order if i != gone]
     m = measure(render_labels(new), len(new.objects))
@@ -140,12 +145,9 @@ def reshape(
     named by exactly `k` relations and in no occluding pair. The k relations naming it fail as stated ("the red
     circle" is not in the image), while by place alone every relation still holds decisively, so the shape is the
     only thing that changed. None if no object qualifies or the check on pixels fails."""
-    occluding = {i for pair in scene.overlaps for i in pair}
-    named = [sum(i in (r.subject, r.object) for r in relations) for i in range(len(scene.objects))]
-    candidates = [i for i, c in enumerate(named) if c == k and i not in occluding]
-    if not candidates:
+    target = _named_by_k(rng, scene, relations, k)
+    if target is None:
         return None
-    target = int(rng.choice(candidates))
     others = [s for s in cfg.shapes if s != scene.objects[target].shape]
     new = scene.copy()
     new.objects[target].shape = str(rng.choice(others))
