@@ -77,7 +77,8 @@ def test_missing_object_match_examples_leave_a_named_object_out():
         return {c for c, n in zip(PALETTE, near) if n >= 20}
 
     world = load_world_preset("configs/dataset_easy.yaml")
-    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=1.0)
+    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=1.0,
+                              wrong_shape_prob=0.0)
     rng = np.random.default_rng(3)
     examples = [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
     missing = [ex for ex in examples if ex.missing]

@@ -259,9 +259,8 @@ def make_match_example(rng, world, args, *, blur=True):
     flipped, failing, drawn, m_drawn = set(), set(), scene, m
     if not truth:
         k = min(len(relations), 1 if rng.random() < 0.7 else 2)
-        wrong_shape = getattr(args, "wrong_shape_prob", 0.0)
-        u = rng.random() if args.missing_prob > 0 or wrong_shape > 0 else 1.0
-        if u < args.missing_prob + wrong_shape:
+        u = rng.random() if args.missing_prob > 0 or args.wrong_shape_prob > 0 else 1.0
+        if u < args.missing_prob + args.wrong_shape_prob:
             # the dataset's other rejected images: the prompt stays true of the scene, but an object named by
             # exactly k relations is not drawn (data_pipeline.perturb.leave_out) or drawn in another shape where
             # it stood (reshape), so those k fail
@@ -501,7 +500,7 @@ def evaluate_match(model, encoder, match_set, pair_set):
         hits["<1" if gap < 1 else "1-2" if gap < 2 else ">=2"].append(ok)
         if ex.missing:
             hits.setdefault("missing", []).append(ok)
-        if getattr(ex, "wrong_shape", False):
+        if ex.wrong_shape:
             hits.setdefault("wrong_shape", []).append(ok)
     out = {f"match/{k}": (float(np.mean(v)) if v else float("nan"), len(v)) for k, v in hits.items()}
     if pair_set:
