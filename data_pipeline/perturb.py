@@ -180,7 +180,8 @@ def perturb(
         return None
     if cfg.missing_object_prob > 0 or cfg.wrong_shape_prob > 0:
         u = rng.random()  # one draw for both, so a world without wrong shapes keeps its datasets
-        edit = leave_out if u < cfg.missing_object_prob else reshape if u < cfg.missing_object_prob + cfg.wrong_shape_prob else None
+        edit = (leave_out if u < cfg.missing_object_prob
+                else reshape if u < cfg.missing_object_prob + cfg.wrong_shape_prob else None)
         if edit is not None:
             edited = edit(rng, scene, relations, k, cfg)
             if edited is not None:

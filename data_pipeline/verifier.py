@@ -42,6 +42,12 @@ class VerifyResult:
     def violated(self) -> list[int]:
         return [i for i, ok in enumerate(self.relations_hold) if not ok]
 
+    def holds_as_stated(self, relations: list[dict]) -> list[bool]:
+        """Per relation: it holds by place and both its objects are drawn with their named shapes (a reshaped
+        object stands where it stood, so by place alone its relations still hold; as stated they do not)."""
+        return [ok and self.objects_present[r["subject"]] and self.objects_present[r["object"]]
+                for ok, r in zip(self.relations_hold, relations)]
+
 
 def segment(image: np.ndarray, colours: list[str]) -> np.ndarray:
     """[H, W] label map from an [H, W, 3] uint8 image: i + 1 where the pixel has colour `colours[i]`."""

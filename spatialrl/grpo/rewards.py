@@ -35,8 +35,9 @@ class RewardConfig:
     # relations are read from colour regions alone, so relation accuracy by itself pays a policy that keeps the
     # colours in place while it loses the named shapes); verifier_strict: the share of relations that hold as stated,
     # by place and with both named objects drawn in their shapes ("the red circle left of the blue square" fails
-    # when the red thing is a square), so no relation is paid for a lost shape; colour: how far the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for
-    # testing the reward-hacking monitor
+    # when the red thing is a square), so no relation is paid for a lost shape; colour: how far the pixels lean
+    # toward `colour`, a reward built to be hacked (it pays for paint, not layout), for testing the reward-hacking
+    # monitor
     source: Literal[SOURCES] = "spatialscore"
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
@@ -131,8 +132,7 @@ class RewardWorker:
                 rel[i] = np.mean(res.relations_hold) if res.relations_hold else np.nan
                 pres[i] = np.mean(res.objects_present)
                 if res.relations_hold:
-                    strict[i] = np.mean([h and res.objects_present[r["subject"]] and res.objects_present[r["object"]]
-                                         for h, r in zip(res.relations_hold, row["relations"])])
+                    strict[i] = np.mean(res.holds_as_stated(row["relations"]))
                 if self.cfg.source == "verifier_margin" and row.get("relations"):
                     dense[i] = np.mean(np.clip(relation_margins(img, row["objects"], row["relations"], margins)
                                                / self.cfg.margin_scale, -1, 1))
