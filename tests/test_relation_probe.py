@@ -62,13 +62,25 @@ def test_clause_hints_on_reward_queries_mixed_with_questions():
 
 
 
-def test_missing_object_match_examples_leave_a_named_object_out():
+def _match_examples(seed: int, **probs) -> list:
+    """40 match-task examples on the easy world with the given --missing-prob / --wrong-shape-prob."""
     import argparse
 
     import numpy as np
 
-    from data_pipeline.world import PALETTE, load_world_preset
+    from data_pipeline.world import load_world_preset
     from spatialrl.standins.curriculum import make_match_example
+
+    world = load_world_preset("configs/dataset_easy.yaml")
+    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, **probs)
+    rng = np.random.default_rng(seed)
+    return [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
+
+
+def test_missing_object_match_examples_leave_a_named_object_out():
+    import numpy as np
+
+    from data_pipeline.world import PALETTE
 
     def drawn_colours(image) -> set[str]:
         px = np.asarray(image.convert("RGB")).reshape(-1, 1, 3).astype(int)
@@ -76,11 +88,7 @@ def test_missing_object_match_examples_leave_a_named_object_out():
         near = (np.abs(px - rgb).max(-1) < 30).sum(0)  # pixels within 30 of each palette colour
         return {c for c, n in zip(PALETTE, near) if n >= 20}
 
-    world = load_world_preset("configs/dataset_easy.yaml")
-    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=1.0,
-                              wrong_shape_prob=0.0)
-    rng = np.random.default_rng(3)
-    examples = [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
+    examples = _match_examples(3, missing_prob=1.0, wrong_shape_prob=0.0)
     missing = [ex for ex in examples if ex.missing]
     assert len(missing) >= 8, [ex.truth for ex in examples]  # about half are "no", and leave_out succeeds on most
     for ex in examples:
@@ -98,18 +106,7 @@ def test_missing_object_match_examples_leave_a_named_object_out():
 
 
 def test_wrong_shape_match_examples_draw_a_named_object_in_another_shape():
-    import argparse
-
-    import numpy as np
-
-    from data_pipeline.world import load_world_preset
-    from spatialrl.standins.curriculum import make_match_example
-
-    world = load_world_preset("configs/dataset_easy.yaml")
-    args = argparse.Namespace(image_size=168, relation_loss=1, n_sets=4, blur_prob=0.0, missing_prob=0.0,
-                              wrong_shape_prob=1.0)
-    rng = np.random.default_rng(4)
-    examples = [make_match_example(rng, world, args, blur=False)[0] for _ in range(40)]
+    examples = _match_examples(4, missing_prob=0.0, wrong_shape_prob=1.0)
     reshaped = [ex for ex in examples if ex.wrong_shape]
     assert len(reshaped) >= 8, [ex.truth for ex in examples]  # about half are "no", and reshape succeeds on most
     for ex in examples:
