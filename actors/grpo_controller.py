@@ -33,7 +33,7 @@ from cluster.resources import actor_options, check_available, reserve
 from spatialrl.flux.evaluation import image_grid, read_prompts
 from spatialrl.grpo.config import GRPOJobConfig
 from spatialrl.grpo.learner import TrainSelection
-from spatialrl.grpo.math import hacking_signal, topk_filter
+from spatialrl.grpo.math import decline_signal, hacking_signal, topk_filter
 import spatialrl.atomic as atomic
 from spatialrl.metrics import MetricsLogger, plot_metrics, read_metrics
 
@@ -110,6 +110,7 @@ class GRPOController:
         self._state_for: dict[int, ray.ObjectRef] = {}  # policy version -> its LoRA in the object store
         self.history: list[dict] = []  # every step's metrics row, for the reward-hacking monitor
         self.hack_steps: list[int] = []
+        self.presence_steps: list[int] = []  # steps where presence fell while the reward did not
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -167,20 +168,21 @@ class GRPOController:
         plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", reward_name=self.cfg.reward.source)
         summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals,
                    "reward_hacking": self._hacking_summary()}
-        if self.hack_steps:
+        if self.hack_steps or self.presence_steps:
             print(f"WARNING: {summary['reward_hacking']['verdict']}", flush=True)
         self._write_json("summary.json", summary)
         return summary
 
     def _monitor(self, step: int, row: dict) -> None:
-        """The reward-hacking monitor: reward trend vs the verifier's on the same rollouts (grpo.hack_*)."""
+        """The reward-hacking monitor (grpo.hack_*) on the same rollouts: the reward's trend against the verifier's
+        relation accuracy (reward up, relations not), and against object presence (presence down, reward not)."""
         g = self.cfg.grpo
         self.history.append(row)
-        pairs = [(r["reward/mean"], r["verifier/relation_accuracy"]) for r in self.history
-                 if r.get("verifier/relation_accuracy") is not None]
-        if len(pairs) < len(self.history):  # prompts without relations: no independent check
-            return
-        sig = hacking_signal([p[0] for p in pairs], [p[1] for p in pairs], window=g.hack_window, z=g.hack_z)
+        if any(r.get("verifier/relation_accuracy") is None for r in self.history):
+            return  # prompts without relations: no independent check
+        reward = [r["reward/mean"] for r in self.history]
+        sig = hacking_signal(reward, [r["verifier/relation_accuracy"] for r in self.history],
+                             window=g.hack_window, z=g.hack_z)
         row.update({"monitor/reward_trend_t": _finite(sig.reward_t), "monitor/verifier_trend_t": _finite(sig.check_t),
                     "monitor/hacking": float(sig.fired)})
         if sig.fired:
@@ -189,18 +191,35 @@ class GRPOController:
                       f"reward rose (trend t {sig.reward_t:+.1f}) while the verifier's relation accuracy did not "
                       f"(t {sig.check_t:+.1f}); look at the grids before trusting this reward", flush=True)
             self.hack_steps.append(step)
+        if all(r.get("verifier/object_presence") is not None for r in self.history):
+            dec = decline_signal(reward, [r["verifier/object_presence"] for r in self.history],
+                                 window=g.hack_window, z=g.hack_z)
+            row.update({"monitor/presence_trend_t": _finite(dec.check_t), "monitor/presence_drop": float(dec.fired)})
+            if dec.fired:
+                if not self.presence_steps or self.presence_steps[-1] != step - 1:
+                    print(f"WARNING: possible reward hacking at step {step}: over the last {g.hack_window} steps "
+                          f"object presence fell (trend t {dec.check_t:+.1f}) while the reward did not "
+                          f"(t {dec.reward_t:+.1f}): the reward may pay for layouts with objects missing or "
+                          f"misshapen; look at the grids", flush=True)
+                self.presence_steps.append(step)
 
     def _hacking_summary(self) -> dict:
         g = self.cfg.grpo
         out = {"check": "verifier/relation_accuracy", "window": g.hack_window, "z": g.hack_z,
-               "fired_steps": list(self.hack_steps)}
+               "fired_steps": list(self.hack_steps), "presence_check": "verifier/object_presence",
+               "presence_fired_steps": list(self.presence_steps)}
         if not self.history or self.history[-1].get("verifier/relation_accuracy") is None:
             out["verdict"] = "not monitored: the prompts carry no relations for the verifier to check"
-        elif self.hack_steps:
-            out["verdict"] = (f"possible reward hacking: the reward rose while the verifier did not at "
-                              f"{len(self.hack_steps)} step(s), first at step {self.hack_steps[0]}")
-        else:
-            out["verdict"] = "no sign of reward hacking (the reward and the verifier did not diverge)"
+            return out
+        found = []
+        if self.hack_steps:
+            found.append(f"the reward rose while the verifier did not at {len(self.hack_steps)} step(s), first at "
+                         f"step {self.hack_steps[0]}")
+        if self.presence_steps:
+            found.append(f"object presence fell while the reward did not at {len(self.presence_steps)} step(s), "
+                         f"first at step {self.presence_steps[0]}")
+        out["verdict"] = ("possible reward hacking: " + "; ".join(found) if found else
+                          "no sign of reward hacking (the reward and the verifier did not diverge)")
         return out
 
     def _dispatch_step(self, step: int, version: int, state_ref) -> list[Group]:
@@ -413,6 +432,7 @@ class GRPOController:
         self.metrics.truncate_after(state["step"])
         self.history = read_metrics(self.run_dir / "metrics.jsonl")
         self.hack_steps = [int(r["step"]) for r in self.history if r.get("monitor/hacking")]
+        self.presence_steps = [int(r["step"]) for r in self.history if r.get("monitor/presence_drop")]
         self._state_for = {}
         ahead = {}
         for step, version in state["ahead"].items():

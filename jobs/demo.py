@@ -253,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = f"{what} did not clearly raise the verifier's relation accuracy on held-out prompts"
             print(f"RESULT: {verdict} (gain {gain:+.4f}, standard error {se:.4f}); see {run_dir / 'curves.png'}",
                   flush=True)
+            pc, pse = g["presence_change"], g.get("presence_change_se", float("nan"))
+            if pc < -0.03:
+                print(f"        but object presence on the held-out images fell by {-pc:.3f} (standard error "
+                      f"{pse:.3f}): the generator traded objects or shapes for places", flush=True)
             hack = g.get("reward_hacking")
-            if hack and hack.get("fired_steps"):
+            if hack and (hack.get("fired_steps") or hack.get("presence_fired_steps")):
                 print(f"        {hack['verdict']}", flush=True)
         return 0
 
@@ -267,18 +271,19 @@ def grpo_summary(run: Path) -> dict:
     base, final = g["base"], g["final"]
     if "relation_accuracy_per_image" in base:  # same prompts and seeds before and after: paired
         gain, se, _ = paired_gain(base["relation_accuracy_per_image"], final["relation_accuracy_per_image"])
-        presence_gain, _, _ = paired_gain(base.get("object_presence_per_image", []),
-                                          final.get("object_presence_per_image", []))
+        presence_gain, presence_se, _ = paired_gain(base.get("object_presence_per_image", []),
+                                                    final.get("object_presence_per_image", []))
     else:  # an older run: two independent accuracies over about one relation per image
         gain = final["relation_accuracy"] - base["relation_accuracy"]
         se = math.sqrt(sum(a * (1 - a) for a in (base["relation_accuracy"], final["relation_accuracy"]))
                        / max(1, base["images"]))
         presence_gain = final.get("object_presence", 0) - base.get("object_presence", 0)
+        presence_se = float("nan")
     side = ("spatialscore", "relation_accuracy", "object_presence")
     return {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
             "base": {k: base.get(k) for k in side}, "after_grpo": {k: final.get(k) for k in side},
             "verifier_gain": round(gain, 4), "verifier_gain_se": round(se, 4),
-            "presence_change": round(presence_gain, 4), "lora": str(run / "final"),
+            "presence_change": round(presence_gain, 4), "presence_change_se": round(presence_se, 4), "lora": str(run / "final"),
             "reward_hacking": g.get("reward_hacking")}
 
 

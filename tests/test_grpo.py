@@ -434,8 +434,8 @@ def test_resume_continues_exactly(ray_local, data, full_run, tmp_path, capsys):
 
 def test_reward_hacking_monitor_fires_on_a_colour_reward(ray_local, data, tmp_path):
     """A run built to hack: on the shipped toy generator, a reward that pays for red paint, not layout. The
-    reward climbs (the images turn red) while the verifier's relation accuracy on the same rollouts does not,
-    and the monitor says so: the metric, the warning and the summary."""
+    reward climbs (the images turn red) while the verifier's relation accuracy on the same rollouts does not and
+    object presence falls, and the monitor says so for both: the metrics, the warnings and the summary."""
     out = tmp_path / "hack"
     args = ["--config", "configs/grpo_demo.yaml", "--out", str(out)]
     for s in ("sampler.model=tiny-pretrained", "sampler.true_cfg_scale=1", "sampler.group_size=6",
@@ -453,6 +453,10 @@ def test_reward_hacking_monitor_fires_on_a_colour_reward(ray_local, data, tmp_pa
     assert hack["fired_steps"] and hack["fired_steps"][0] >= 6, hack
     assert [r["step"] for r in rows if r["monitor/hacking"]] == hack["fired_steps"]
     assert "possible reward hacking" in hack["verdict"]
+    # the red paint covers the other colours' objects: presence falls while the reward climbs, the second arm
+    assert hack["presence_fired_steps"] and hack["presence_fired_steps"][0] >= 6, hack
+    assert [r["step"] for r in rows if r["monitor/presence_drop"]] == hack["presence_fired_steps"]
+    assert "object presence fell" in hack["verdict"]
 
 
 def test_reward_hacking_monitor_is_quiet_when_the_reward_is_the_verifier(ray_local, data, tmp_path):
@@ -464,6 +468,7 @@ def test_reward_hacking_monitor_is_quiet_when_the_reward_is_the_verifier(ray_loc
     assert all(r["monitor/reward_trend_t"] == r["monitor/verifier_trend_t"] for r in rows)
     hack = json.loads((out / "summary.json").read_text())["reward_hacking"]
     assert hack["fired_steps"] == [] and hack["verdict"].startswith("no sign")
+    assert all(r["monitor/presence_drop"] == 0.0 for r in rows) and hack["presence_fired_steps"] == []
 
 
 def test_too_big_a_cluster_request_fails_fast(ray_local, data, tmp_path, capsys):

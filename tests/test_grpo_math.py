@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from spatialrl.grpo.math import (clipped_policy_loss, group_advantages, hacking_signal, noised_latents, sde_kl,
+from spatialrl.grpo.math import (clipped_policy_loss, decline_signal, group_advantages, hacking_signal, noised_latents, sde_kl,
                                  topk_filter, weighted_flow_matching_loss,
                                  trained_steps, trend_t)
 
@@ -189,6 +189,22 @@ def test_hacking_signal_fires_only_when_reward_rises_and_check_does_not():
         hacking_signal(rising, flat, window=2)
     with pytest.raises(ValueError, match="check values"):
         hacking_signal(rising, flat[:5])
+
+
+def test_decline_signal_fires_when_the_check_falls_and_the_reward_does_not():
+    # by hand: [0.9, 0.8, ..., 0.0] +- 0.01 has slope -0.1 and a t far below -2; [0.5 +- 0.02] has t ~ 0
+    falling = [0.9 - 0.1 * i + 0.01 * (-1) ** i for i in range(10)]
+    flat = [0.5 + 0.02 * (-1) ** i for i in range(10)]
+    rising = [0.1 * i + 0.01 * (-1) ** i for i in range(10)]
+    assert decline_signal(flat, falling, window=10).fired  # reward flat, presence lost
+    assert decline_signal(rising, falling, window=10).fired  # reward up, presence lost: the worst case
+    assert not decline_signal(falling, falling, window=10).fired  # the reward fell with it: it saw the loss
+    assert not decline_signal(rising, flat, window=10).fired  # presence kept: nothing to flag
+    assert not decline_signal(flat[:6], falling[:6], window=10).fired  # too few steps yet
+    sig = decline_signal(flat, falling, window=10)
+    assert sig.check_t < -2 and sig.reward_t >= -0.5
+    with pytest.raises(ValueError, match="check values"):
+        decline_signal(rising, flat[:5])
 
 
 def test_shape_score_by_hand():

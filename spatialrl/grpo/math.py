@@ -19,7 +19,9 @@ them. The formulas (docs/architecture.md section 3):
   on-policy point);
 - the reward-hacking monitor: over the last W steps, the least-squares slope of the reward and of an
   independent check (the verifier), each as a t statistic (slope / its standard error); it fires when the
-  reward rises clearly (t_reward >= z) while the check does not rise (t_check <= quiet).
+  reward rises clearly (t_reward >= z) while the check does not rise (t_check <= quiet); its second arm,
+  `decline_signal`, fires when a check the reward should keep (object presence) falls clearly (t_check <= -z)
+  while the reward does not fall (t_reward >= -quiet): the reward buys its score with what it does not see.
 """
 
 from __future__ import annotations
@@ -210,16 +212,32 @@ class HackingSignal:
     fired: bool  # reward rising clearly while the check does not rise
 
 
+def _window_trends(reward: list[float], check: list[float], window: int) -> tuple[float, float]:
+    if len(reward) != len(check):
+        raise ValueError(f"{len(reward)} reward values but {len(check)} check values")
+    if window < 3:
+        raise ValueError(f"window={window}: need at least 3 steps for a trend")
+    return trend_t(list(reward[-window:])), trend_t(list(check[-window:]))
+
+
 def hacking_signal(reward: list[float], check: list[float], window: int = 10, z: float = 2.0,
                    quiet: float = 0.5) -> HackingSignal:
     """Compare the trends of the last `window` values of the reward and of the check (aligned per step).
 
     Fires when the reward's trend t >= z and the check's t <= quiet; never on fewer than `window` steps.
     """
-    if len(reward) != len(check):
-        raise ValueError(f"{len(reward)} reward values but {len(check)} check values")
-    if window < 3:
-        raise ValueError(f"window={window}: need at least 3 steps for a trend")
-    r, c = trend_t(list(reward[-window:])), trend_t(list(check[-window:]))
+    r, c = _window_trends(reward, check, window)
     fired = len(reward) >= window and r >= z and c <= quiet
+    return HackingSignal(reward_t=r, check_t=c, fired=fired)
+
+
+def decline_signal(reward: list[float], check: list[float], window: int = 10, z: float = 2.0,
+                   quiet: float = 0.5) -> HackingSignal:
+    """The trends of the last `window` values of the reward and of a check the reward should not trade away.
+
+    Fires when the check's trend t <= -z and the reward's t >= -quiet (the reward did not fall with it); never on
+    fewer than `window` steps.
+    """
+    r, c = _window_trends(reward, check, window)
+    fired = len(reward) >= window and c <= -z and r >= -quiet
     return HackingSignal(reward_t=r, check_t=c, fired=fired)
