@@ -31,6 +31,9 @@ Arms (each another run):
     --init scratch                             from scratch (6 layers, MHA, theta 1000, mrope 0,2,14,
                                                vision rope theta 100); needs ~1000 steps for binding first
     --style which                              "which is further left, the A or the B? the A"
+    --match-fraction 0.5 --wrong-shape-prob 0.3 --object-hint 1
+                                               reward queries whose image draws a named object in another shape;
+                                               at each object name the lens says whether it is drawn as named
 Reading it: chance is 0.5, a constant answer shows as the share of "no" / "yes". What each arm measured, and the
 curriculum built from them (`bench/backbone_curriculum.sh`): bench/RESULTS.md, "The relation probe".
 """
@@ -291,13 +294,32 @@ def make_match_example(rng, world, args, *, blur=True):
                         relation_set(drawn, m_drawn, world, rel.subject, stated)))
     reshaped = bool(failing) and not flipped and len(drawn.order) == len(scene.order)
     example = MatchExample(img, prompt, truth, patch_targets(drawn, labels, args.image_size), rel_t, clauses,
-                           missing=bool(failing) and not flipped and not reshaped, wrong_shape=reshaped)
+                           missing=bool(failing) and not flipped and not reshaped, wrong_shape=reshaped,
+                           mentions=object_mentions(prompt, writer, scene, drawn))
     return example, min(gaps)
 
 
+def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, int]]:
+    """Every place the prompt names an object ("the red circle", "a red round shape"): (character offset where the
+    shape's words end, is an object of that colour drawn in that shape?, MENTION_KINDS index). False for an object
+    left out of `drawn` or drawn there in another shape: the object hint's yes / no target at that token."""
+    import re
+
+    out = []
+    for i, obj in enumerate(scene.objects):
+        kind = 1 if i not in drawn.order else 2 if drawn.objects[i].shape != obj.shape else 0
+        for hit in re.finditer(rf"\b{re.escape(obj.colour)} {re.escape(writer.shape_word[i])}\b", prompt):
+            out.append((hit.end(), kind == 0, kind))
+    return sorted(out)
+
+
+MENTION_KINDS = ("drawn", "missing", "reshaped")  # what an object name's hint target is about
+
+
 class MatchExample:
-    def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False, wrong_shape=False):
+    def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False, wrong_shape=False, mentions=()):
         self.image, self.prompt, self.truth = image, prompt, truth
+        self.mentions = list(mentions)  # (character offset where an object's name ends, drawn as named?)
         self.missing = missing  # a "no" because a named object is not drawn (not a relation stated the wrong way)
         self.wrong_shape = wrong_shape  # a "no" because a named object is drawn in another shape
         self.patch_targets, self.relation_targets = patch, rel
@@ -315,7 +337,7 @@ def _image(rng, scene, args, blur):
     return img
 
 
-def encode_mixed(encoder, examples, clause_hints: bool = False):
+def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bool = False):
     """A model batch from a mix of Examples (fixed prefix, answers after it) and MatchExamples (reward text in the
     user turn; the one trained token, " yes"/" no", is the first of the assistant turn): per-row token lists
     left-padded together, every processor key, the per-token targets stacked."""
@@ -325,6 +347,7 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
     rows = []  # (ids, labels, mm_types)
     hint_rows = []  # per row: (position in the row, subject colour, colour set, asked word or None)
     clause_rows = []  # per row: (position of a stated relation's last token, holds?)
+    mention_rows = []  # per row: (position of an object name's last token, drawn as named?)
     for ex in examples:
         if isinstance(ex, MatchExample):
             text = reward_text(proc, ex.prompt)
@@ -332,6 +355,9 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
             ids = enc["input_ids"][0].tolist()
             places = clause_positions(tok, ids, text, ex.prompt, ex.clauses)
             clause_rows.append(places)
+            mention_rows.append([(pos, kind) for (pos, _), (_, _, kind) in
+                                 zip(clause_positions(tok, ids, text, ex.prompt, ex.mentions), ex.mentions)]
+                                if object_hints else [])
             # the question's hints at each clause's last token too (subject, word, set); the word hint names the
             # canonical word whatever synonym the template used
             hint_rows.append([(pos, c[2], c[4], c[3]) for (pos, _), c in zip(places, ex.clauses)]
@@ -349,6 +375,7 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
                 ends[si] = len(ids) - 1
             words = getattr(ex, "words", []) or [None] * len(getattr(ex, "hints", []))
             clause_rows.append([])
+            mention_rows.append([])
             hint_rows.append([(ends[si], a, others, w)
                               for (si, a, others), w in zip(getattr(ex, "hints", []), words)])
             rows.append((ids, lab, mm + [0] * (len(ids) - len(mm))))
@@ -392,6 +419,10 @@ def encode_mixed(encoder, examples, clause_hints: bool = False):
     if clause_where:
         batch["clause_where"] = torch.tensor([(r, c) for r, c, _ in clause_where])  # [M, 2]: row, position
         batch["clause_holds"] = torch.tensor([h for _, _, h in clause_where])  # [M] bool
+    mention_where = [(r, width - len(rows[r][0]) + pos, kind) for r, ms in enumerate(mention_rows) for pos, kind in ms]
+    if mention_where:
+        batch["mention_where"] = torch.tensor([(r, c) for r, c, _ in mention_where])  # [K, 2]: row, position
+        batch["mention_kind"] = torch.tensor([kind for _, _, kind in mention_where])  # [K]: MENTION_KINDS index
     return batch
 
 
@@ -407,8 +438,8 @@ def clause_positions(tok, ids: list[int], text: str, prompt: str, clauses) -> li
     for end, holds, *_ in clauses:
         k = next((k for k, (_, e) in enumerate(offsets) if e == base + end), None)
         if k is None or ids[k + shift] != flat[k]:
-            raise ValueError(f"no token ends at character {end} of the prompt {prompt!r}: the clause hint cannot be "
-                             "placed")
+            raise ValueError(f"no token ends at character {end} of the prompt {prompt!r}: the clause or object hint "
+                             "cannot be placed")
         out.append((k + shift, bool(holds)))
     return out
 
@@ -471,6 +502,29 @@ def clause_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> t
     lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, [yes, no]].float(), dim=-1)  # [M, 2]
     target = (~hints["clause_holds"]).long()  # 0 = yes, 1 = no
     return -lp.gather(1, target[:, None]).mean()
+
+
+def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> tuple[torch.Tensor, dict]:
+    """Logit-lens cross-entropy over (" yes", " no") at the last token of each object name in a reward query, after
+    `layer` decoder layers: is an object of this colour drawn in this shape? The name's tokens can ask the image
+    for colour and shape in one attention query (q.k adds the two matches), so a conjunction that needs no
+    comparison of two answers, a first-order step toward a wrong-shape "no". Also returns the hint's accuracy on
+    the names drawn as named, left out and reshaped (MENTION_KINDS), so a stalled skill shows."""
+    r, c = hints["mention_where"][:, 0], hints["mention_where"][:, 1]
+    yes, no = encoder.yes_no
+    norm = model.model.language_model.norm
+    lp = torch.log_softmax(model.lm_head(norm(hidden[layer][r, c]))[:, [yes, no]].float(), dim=-1)  # [K, 2]
+    kind = hints["mention_kind"]
+    ok = kind == 0
+    target = (~ok).long()  # 0 = yes, 1 = no
+    # the few names not drawn as named weigh as much as all the others: "always yes" is not a minimum
+    w = torch.where(ok, 0.5 / ok.sum().clamp(min=1), 0.5 / (~ok).sum().clamp(min=1))
+    loss = -(w * lp.gather(1, target[:, None])[:, 0]).sum() / w.sum()
+    said_no = (lp[:, 1] > lp[:, 0]).detach()
+    right = torch.where(ok, ~said_no, said_no)
+    acc = {f"hint/object_{name}": float(right[kind == k].float().mean()) if (kind == k).any() else float("nan")
+           for k, name in enumerate(MENTION_KINDS)}
+    return loss, acc
 
 
 def hint_loss(model, encoder, hidden: dict, hints: dict, layers: tuple[int, int]) -> torch.Tensor:
@@ -665,6 +719,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight of the clause hint on reward queries: at each stated relation's last token, the lens "
                         "after --clause-hint-layer layers says yes / no (does that relation hold)")
     p.add_argument("--clause-hint-layer", type=int, default=5)
+    p.add_argument("--object-hint", type=float, default=0.0,
+                   help="weight of the object hint on reward queries: at each object name's last token, the lens "
+                        "after --object-hint-layer layers says yes / no (is an object of this colour drawn in this "
+                        "shape); its accuracies are printed as hint/object_drawn, _missing and _reshaped")
+    p.add_argument("--object-hint-layer", type=int, default=3)
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
@@ -723,9 +782,10 @@ def main(argv: list[str] | None = None) -> int:
                               relation_loss_layers=[int(x) for x in args.relation_layers.split(",")])
     hint_layers = tuple(int(x) for x in args.hint_layers.split(","))
     captured: dict[int, torch.Tensor] = {}
-    if args.hint_loss > 0 or args.word_hint > 0 or args.clause_hint > 0:
+    if args.hint_loss > 0 or args.word_hint > 0 or args.clause_hint > 0 or args.object_hint > 0:
         capture_layers(model, set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set())
-                       | ({args.clause_hint_layer} if args.clause_hint > 0 else set()), captured)
+                       | ({args.clause_hint_layer} if args.clause_hint > 0 else set())
+                       | ({args.object_hint_layer} if args.object_hint > 0 else set()), captured)
     readouts = None
     if args.relation_loss > 0 and args.relation_readout == "linear":
         hidden_size = model.config.text_config.hidden_size
@@ -768,9 +828,9 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng([args.seed, 1, step])
         batch = encode_mixed(encoder, [make_match_example(rng, world, args)[0] if rng.random() < args.match_fraction
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)],
-                             clause_hints=args.clause_hint > 0)
+                             clause_hints=args.clause_hint > 0, object_hints=args.object_hint > 0)
         hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word", "clause_where",
-                                           "clause_holds") if k in batch}
+                                           "clause_holds", "mention_where", "mention_kind") if k in batch}
         captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
         if args.hint_loss > 0 and "hint_where" in hints:
@@ -781,6 +841,11 @@ def main(argv: list[str] | None = None) -> int:
             h = clause_hint_loss(model, encoder, captured, hints, args.clause_hint_layer)
             parts["loss/clause_hint"] = h.item()
             loss = loss + args.clause_hint * h
+        if args.object_hint > 0 and "mention_where" in hints:
+            h, acc = object_hint_loss(model, encoder, captured, hints, args.object_hint_layer)
+            parts["loss/object_hint"] = h.item()
+            parts.update({k: v for k, v in acc.items() if not np.isnan(v)})
+            loss = loss + args.object_hint * h
         if args.word_hint > 0 and "hint_where" in hints:
             h = word_hint_loss(model, encoder, captured, hints, args.word_hint_layer)
             parts["loss/word_hint"] = h.item()
