@@ -124,18 +124,23 @@ def test_wrong_shape_match_examples_draw_a_named_object_in_another_shape():
 
 
 def test_object_hint_targets_name_the_left_out_and_the_reshaped_object():
+    from spatialrl.standins.backbone import SHAPE_SYNONYMS
     from spatialrl.standins.curriculum import MENTION_KINDS
 
     examples = _match_examples(5, missing_prob=0.5, wrong_shape_prob=0.5)
     seen = set()
     for ex in examples:
         assert ex.mentions, ex.prompt  # every prompt names its objects
-        for end, ok, kind in ex.mentions:
+        for end, ok, kind, shown in ex.mentions:
             # the hint sits on the last character of a "<colour> <shape words>" name
             assert ex.prompt[end - 1].isalpha() and (end == len(ex.prompt) or not ex.prompt[end].isalpha())
             assert ok == (kind == 0)
             seen.add(MENTION_KINDS[kind])
-        bad = {kind for _, ok, kind in ex.mentions if not ok}
+            # the shape target: the shape drawn in the name's colour, the named one unless reshaped or left out
+            named = next(shape for shape, words in SHAPE_SYNONYMS.items()
+                         if any(ex.prompt[:end].endswith(" " + w) for w in words))
+            assert shown == {0: named, 1: "background"}.get(kind, shown) and (kind != 2 or shown != named)
+        bad = {kind for _, ok, kind, _ in ex.mentions if not ok}
         if ex.missing:
             assert bad == {1}, (ex.prompt, ex.mentions)  # only the left-out object's names say "no"
         elif ex.wrong_shape:
@@ -148,8 +153,9 @@ def test_object_hint_targets_name_the_left_out_and_the_reshaped_object():
 def test_the_object_hint_trains_and_reports_its_three_accuracies():
     out = probe("--init", str(S4), "--relations", ",".join(WORDS), "--relation-loss", "1", "--relation-layers",
                 "0,0,0,0", "--relation-readout", "linear", "--hint-loss", "1", "--clause-hint", "1", "--object-hint",
-                "1", "--match-fraction", "1", "--missing-prob", "0.5", "--wrong-shape-prob", "0.5",
+                "1", "--object-shape-layer", "2", "--match-fraction", "1", "--missing-prob", "0.5", "--wrong-shape-prob", "0.5",
                 "--match-scenes", "4", "--max-steps", "4", "--eval-every", "4", "--eval-scenes", "4", "--batch", "4",
                 "--seed", "3")
     assert re.search(r"loss/object_hint [\d.]+ hint/object_drawn [\d.]+", out), out
+    assert re.search(r"hint/shape_drawn [\d.]+", out), out
     assert re.search(r"^step\s+4 loss", out, re.M), out

@@ -299,21 +299,24 @@ def make_match_example(rng, world, args, *, blur=True):
     return example, min(gaps)
 
 
-def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, int]]:
+def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, int, str]]:
     """Every place the prompt names an object ("the red circle", "a red round shape"): (character offset where the
-    shape's words end, is an object of that colour drawn in that shape?, MENTION_KINDS index). False for an object
-    left out of `drawn` or drawn there in another shape: the object hint's yes / no target at that token."""
+    shape's words end, is an object of that colour drawn in that shape?, MENTION_KINDS index, the shape drawn in
+    that colour or "background" when none is). False for an object left out of `drawn` or drawn there in another
+    shape: the object hint's yes / no target at that token; the drawn shape is its shape target."""
     import re
 
     out = []
     for i, obj in enumerate(scene.objects):
         kind = 1 if i not in drawn.order else 2 if drawn.objects[i].shape != obj.shape else 0
+        shown = "background" if kind == 1 else drawn.objects[i].shape
         for hit in re.finditer(rf"\b{re.escape(obj.colour)} {re.escape(writer.shape_word[i])}\b", prompt):
-            out.append((hit.end(), kind == 0, kind))
+            out.append((hit.end(), kind == 0, kind, shown))
     return sorted(out)
 
 
 MENTION_KINDS = ("drawn", "missing", "reshaped")  # what an object name's hint target is about
+SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "background")  # the shape target's words
 
 
 class MatchExample:
@@ -355,7 +358,7 @@ def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bo
             ids = enc["input_ids"][0].tolist()
             places = clause_positions(tok, ids, text, ex.prompt, ex.clauses)
             clause_rows.append(places)
-            mention_rows.append([(pos, kind) for (pos, _), (_, _, kind) in
+            mention_rows.append([(pos, kind, SHAPE_CLASSES.index(shown)) for (pos, _), (_, _, kind, shown) in
                                  zip(clause_positions(tok, ids, text, ex.prompt, ex.mentions), ex.mentions)]
                                 if object_hints else [])
             # the question's hints at each clause's last token too (subject, word, set); the word hint names the
@@ -419,10 +422,12 @@ def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bo
     if clause_where:
         batch["clause_where"] = torch.tensor([(r, c) for r, c, _ in clause_where])  # [M, 2]: row, position
         batch["clause_holds"] = torch.tensor([h for _, _, h in clause_where])  # [M] bool
-    mention_where = [(r, width - len(rows[r][0]) + pos, kind) for r, ms in enumerate(mention_rows) for pos, kind in ms]
+    mention_where = [(r, width - len(rows[r][0]) + pos, kind, shape) for r, ms in enumerate(mention_rows)
+                     for pos, kind, shape in ms]
     if mention_where:
-        batch["mention_where"] = torch.tensor([(r, c) for r, c, _ in mention_where])  # [K, 2]: row, position
-        batch["mention_kind"] = torch.tensor([kind for _, _, kind in mention_where])  # [K]: MENTION_KINDS index
+        batch["mention_where"] = torch.tensor([m[:2] for m in mention_where])  # [K, 2]: row, position
+        batch["mention_kind"] = torch.tensor([m[2] for m in mention_where])  # [K]: MENTION_KINDS index
+        batch["mention_shape"] = torch.tensor([m[3] for m in mention_where])  # [K]: SHAPE_CLASSES index
     return batch
 
 
@@ -504,12 +509,17 @@ def clause_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> t
     return -lp.gather(1, target[:, None]).mean()
 
 
-def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> tuple[torch.Tensor, dict]:
+def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int,
+                     shape_layer: int = 0) -> tuple[torch.Tensor, dict]:
     """Logit-lens cross-entropy over (" yes", " no") at the last token of each object name in a reward query, after
     `layer` decoder layers: is an object of this colour drawn in this shape? The name's tokens can ask the image
     for colour and shape in one attention query (q.k adds the two matches), so a conjunction that needs no
     comparison of two answers, a first-order step toward a wrong-shape "no". Also returns the hint's accuracy on
-    the names drawn as named, left out and reshaped (MENTION_KINDS), so a stalled skill shows."""
+    the names drawn as named, left out and reshaped (MENTION_KINDS), so a stalled skill shows.
+
+    With `shape_layer` > 0, a step before it: after that many layers the lens at the name names the shape drawn in
+    the name's colour ("background" when none is), a lookup by colour that copies what the image token holds (its
+    patch words), with no comparison; the yes / no after it then compares two words held at one token."""
     r, c = hints["mention_where"][:, 0], hints["mention_where"][:, 1]
     yes, no = encoder.yes_no
     norm = model.model.language_model.norm
@@ -524,6 +534,15 @@ def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int) -> t
     right = torch.where(ok, ~said_no, said_no)
     acc = {f"hint/object_{name}": float(right[kind == k].float().mean()) if (kind == k).any() else float("nan")
            for k, name in enumerate(MENTION_KINDS)}
+    if shape_layer > 0:
+        ids = torch.tensor([encoder._single_id(f" {w}") for w in SHAPE_CLASSES])
+        lp_s = torch.log_softmax(model.lm_head(norm(hidden[shape_layer][r, c])).float(), dim=-1)[:, ids]  # [K, 5]
+        target_s = hints["mention_shape"]
+        per = -lp_s.gather(1, target_s[:, None])[:, 0]
+        loss = loss + (w * per).sum() / w.sum()
+        hit = lp_s.argmax(-1) == target_s
+        acc.update({f"hint/shape_{name}": float(hit[kind == k].float().mean()) if (kind == k).any() else float("nan")
+                    for k, name in enumerate(MENTION_KINDS)})
     return loss, acc
 
 
@@ -724,6 +743,9 @@ def main(argv: list[str] | None = None) -> int:
                         "after --object-hint-layer layers says yes / no (is an object of this colour drawn in this "
                         "shape); its accuracies are printed as hint/object_drawn, _missing and _reshaped")
     p.add_argument("--object-hint-layer", type=int, default=3)
+    p.add_argument("--object-shape-layer", type=int, default=0,
+                   help="> 0: with --object-hint, the name's lens also names the shape drawn in its colour after this "
+                        "many layers (hint/shape_* accuracies), a first-order step before the yes / no")
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
@@ -785,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hint_loss > 0 or args.word_hint > 0 or args.clause_hint > 0 or args.object_hint > 0:
         capture_layers(model, set(hint_layers) | ({args.word_hint_layer} if args.word_hint > 0 else set())
                        | ({args.clause_hint_layer} if args.clause_hint > 0 else set())
-                       | ({args.object_hint_layer} if args.object_hint > 0 else set()), captured)
+                       | ({args.object_hint_layer, args.object_shape_layer} - {0} if args.object_hint > 0 else set()),
+                       captured)
     readouts = None
     if args.relation_loss > 0 and args.relation_readout == "linear":
         hidden_size = model.config.text_config.hidden_size
@@ -830,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)],
                              clause_hints=args.clause_hint > 0, object_hints=args.object_hint > 0)
         hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word", "clause_where",
-                                           "clause_holds", "mention_where", "mention_kind") if k in batch}
+                                           "clause_holds", "mention_where", "mention_kind", "mention_shape") if k in batch}
         captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
         if args.hint_loss > 0 and "hint_where" in hints:
@@ -842,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
             parts["loss/clause_hint"] = h.item()
             loss = loss + args.clause_hint * h
         if args.object_hint > 0 and "mention_where" in hints:
-            h, acc = object_hint_loss(model, encoder, captured, hints, args.object_hint_layer)
+            h, acc = object_hint_loss(model, encoder, captured, hints, args.object_hint_layer,
+                                      args.object_shape_layer)
             parts["loss/object_hint"] = h.item()
             parts.update({k: v for k, v in acc.items() if not np.isnan(v)})
             loss = loss + args.object_hint * h
