@@ -124,6 +124,7 @@ def test_wrong_shape_match_examples_draw_a_named_object_in_another_shape():
 
 
 def test_object_hint_targets_name_the_left_out_and_the_reshaped_object():
+    from data_pipeline.world import PALETTE
     from spatialrl.standins.backbone import SHAPE_SYNONYMS
     from spatialrl.standins.curriculum import MENTION_KINDS
 
@@ -131,16 +132,17 @@ def test_object_hint_targets_name_the_left_out_and_the_reshaped_object():
     seen = set()
     for ex in examples:
         assert ex.mentions, ex.prompt  # every prompt names its objects
-        for end, ok, kind, shown in ex.mentions:
+        for end, ok, kind, shown, colour_end in ex.mentions:
             # the hint sits on the last character of a "<colour> <shape words>" name
             assert ex.prompt[end - 1].isalpha() and (end == len(ex.prompt) or not ex.prompt[end].isalpha())
+            assert ex.prompt[colour_end] == " " and ex.prompt[:colour_end].split()[-1] in PALETTE  # the colour word
             assert ok == (kind == 0)
             seen.add(MENTION_KINDS[kind])
             # the shape target: the shape drawn in the name's colour, the named one unless reshaped or left out
             named = next(shape for shape, words in SHAPE_SYNONYMS.items()
                          if any(ex.prompt[:end].endswith(" " + w) for w in words))
             assert shown == {0: named, 1: "background"}.get(kind, shown) and (kind != 2 or shown != named)
-        bad = {kind for _, ok, kind, _ in ex.mentions if not ok}
+        bad = {kind for _, ok, kind, *_ in ex.mentions if not ok}
         if ex.missing:
             assert bad == {1}, (ex.prompt, ex.mentions)  # only the left-out object's names say "no"
         elif ex.wrong_shape:

@@ -299,11 +299,12 @@ def make_match_example(rng, world, args, *, blur=True):
     return example, min(gaps)
 
 
-def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, int, str]]:
+def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, int, str, int]]:
     """Every place the prompt names an object ("the red circle", "a red round shape"): (character offset where the
     shape's words end, is an object of that colour drawn in that shape?, MENTION_KINDS index, the shape drawn in
-    that colour or "background" when none is). False for an object left out of `drawn` or drawn there in another
-    shape: the object hint's yes / no target at that token; the drawn shape is its shape target."""
+    that colour or "background" when none is, character offset where the colour word ends). False for an object
+    left out of `drawn` or drawn there in another shape: the object hint's yes / no target at the name's last
+    token; the drawn shape is the shape target at the colour word, which cannot see the named shape yet."""
     import re
 
     out = []
@@ -311,7 +312,7 @@ def object_mentions(prompt: str, writer, scene, drawn) -> list[tuple[int, bool, 
         kind = 1 if i not in drawn.order else 2 if drawn.objects[i].shape != obj.shape else 0
         shown = "background" if kind == 1 else drawn.objects[i].shape
         for hit in re.finditer(rf"\b{re.escape(obj.colour)} {re.escape(writer.shape_word[i])}\b", prompt):
-            out.append((hit.end(), kind == 0, kind, shown))
+            out.append((hit.end(), kind == 0, kind, shown, hit.start() + len(obj.colour)))
     return sorted(out)
 
 
@@ -358,9 +359,13 @@ def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bo
             ids = enc["input_ids"][0].tolist()
             places = clause_positions(tok, ids, text, ex.prompt, ex.clauses)
             clause_rows.append(places)
-            mention_rows.append([(pos, kind, SHAPE_CLASSES.index(shown)) for (pos, _), (_, _, kind, shown) in
-                                 zip(clause_positions(tok, ids, text, ex.prompt, ex.mentions), ex.mentions)]
-                                if object_hints else [])
+            if object_hints:
+                names = clause_positions(tok, ids, text, ex.prompt, ex.mentions)
+                colours = clause_positions(tok, ids, text, ex.prompt, [(m[4], True) for m in ex.mentions])
+                mention_rows.append([(pos, kind, SHAPE_CLASSES.index(shown), cpos) for (pos, _), (cpos, _),
+                                     (_, _, kind, shown, _) in zip(names, colours, ex.mentions)])
+            else:
+                mention_rows.append([])
             # the question's hints at each clause's last token too (subject, word, set); the word hint names the
             # canonical word whatever synonym the template used
             hint_rows.append([(pos, c[2], c[4], c[3]) for (pos, _), c in zip(places, ex.clauses)]
@@ -422,12 +427,13 @@ def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bo
     if clause_where:
         batch["clause_where"] = torch.tensor([(r, c) for r, c, _ in clause_where])  # [M, 2]: row, position
         batch["clause_holds"] = torch.tensor([h for _, _, h in clause_where])  # [M] bool
-    mention_where = [(r, width - len(rows[r][0]) + pos, kind, shape) for r, ms in enumerate(mention_rows)
-                     for pos, kind, shape in ms]
+    mention_where = [(r, width - len(rows[r][0]) + pos, kind, shape, width - len(rows[r][0]) + cpos)
+                     for r, ms in enumerate(mention_rows) for pos, kind, shape, cpos in ms]
     if mention_where:
         batch["mention_where"] = torch.tensor([m[:2] for m in mention_where])  # [K, 2]: row, position
         batch["mention_kind"] = torch.tensor([m[2] for m in mention_where])  # [K]: MENTION_KINDS index
         batch["mention_shape"] = torch.tensor([m[3] for m in mention_where])  # [K]: SHAPE_CLASSES index
+        batch["mention_colour_at"] = torch.tensor([m[4] for m in mention_where])  # [K]: the colour word's position
     return batch
 
 
@@ -517,9 +523,11 @@ def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int,
     comparison of two answers, a first-order step toward a wrong-shape "no". Also returns the hint's accuracy on
     the names drawn as named, left out and reshaped (MENTION_KINDS), so a stalled skill shows.
 
-    With `shape_layer` > 0, a step before it: after that many layers the lens at the name names the shape drawn in
-    the name's colour ("background" when none is), a lookup by colour that copies what the image token holds (its
-    patch words), with no comparison; the yes / no after it then compares two words held at one token."""
+    With `shape_layer` > 0, a step before it: after that many layers the lens at the name's colour word names the
+    shape drawn in that colour ("background" when none is), a lookup by colour that copies what the image token
+    holds (its patch words), with no comparison and no shortcut (the colour word cannot see the shape named after
+    it; at the shape word the lens learnt to echo the named shape instead); the yes / no at the shape word then
+    compares the word before it with its own."""
     r, c = hints["mention_where"][:, 0], hints["mention_where"][:, 1]
     yes, no = encoder.yes_no
     norm = model.model.language_model.norm
@@ -536,7 +544,8 @@ def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int,
            for k, name in enumerate(MENTION_KINDS)}
     if shape_layer > 0:
         ids = torch.tensor([encoder._single_id(f" {w}") for w in SHAPE_CLASSES])
-        lp_s = torch.log_softmax(model.lm_head(norm(hidden[shape_layer][r, c])).float(), dim=-1)[:, ids]  # [K, 5]
+        cc = hints["mention_colour_at"]
+        lp_s = torch.log_softmax(model.lm_head(norm(hidden[shape_layer][r, cc])).float(), dim=-1)[:, ids]  # [K, 5]
         target_s = hints["mention_shape"]
         per = -lp_s.gather(1, target_s[:, None])[:, 0]
         loss = loss + (w * per).sum() / w.sum()
@@ -744,8 +753,9 @@ def main(argv: list[str] | None = None) -> int:
                         "shape); its accuracies are printed as hint/object_drawn, _missing and _reshaped")
     p.add_argument("--object-hint-layer", type=int, default=3)
     p.add_argument("--object-shape-layer", type=int, default=0,
-                   help="> 0: with --object-hint, the name's lens also names the shape drawn in its colour after this "
-                        "many layers (hint/shape_* accuracies), a first-order step before the yes / no")
+                   help="> 0: with --object-hint, the lens at the name's colour word also names the shape drawn in "
+                        "that colour after this many layers (hint/shape_* accuracies), a first-order step before the "
+                        "yes / no")
     p.add_argument("--match-fraction", type=float, default=0.0,
                    help="share of training scenes asked the reward model's question (reward instruction + the "
                         "world's full prompt, true or with 1-2 relations flipped -> yes/no); the rest get --relations")
@@ -853,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
                                        else make_example(rng, world, args)[0] for _ in range(args.batch)],
                              clause_hints=args.clause_hint > 0, object_hints=args.object_hint > 0)
         hints = {k: batch.pop(k) for k in ("hint_where", "hint_first", "hint_set", "hint_word", "clause_where",
-                                           "clause_holds", "mention_where", "mention_kind", "mention_shape") if k in batch}
+                                           "clause_holds", "mention_where", "mention_kind", "mention_shape",
+                                           "mention_colour_at") if k in batch}
         captured.clear()
         loss, parts = pretrain_loss(model, batch, encoder, data, readouts)
         if args.hint_loss > 0 and "hint_where" in hints:
