@@ -252,9 +252,10 @@ def test_the_shipped_curriculum_plan_parses_and_names_the_resume_points():
     from spatialrl.standins.curriculum import load_plan
 
     plan = load_plan("configs/backbone_curriculum.yaml")
-    assert list(plan["stages"]) == ["s1", "s2", "s3", "s4", "s5", "s5m", "s6", "s7"]
+    assert list(plan["stages"]) == ["s1", "s2", "s3", "s4", "s5", "s5m", "s5o", "s6", "s7"]
     shipped = Path(__file__).resolve().parents[1] / "assets" / "tiny-pretrained" / "qwen2_5_vl_curriculum"
     assert (shipped / "s5m_missing_objects" / "config.json").is_file()
+    assert (shipped / "s5o_shape_lookup" / "config.json").is_file()
 
 
 def test_relation_targets_size_sets_by_hand():
