@@ -323,7 +323,7 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "background")  # the
 class MatchExample:
     def __init__(self, image, prompt, truth, patch, rel, clauses=(), missing=False, wrong_shape=False, mentions=()):
         self.image, self.prompt, self.truth = image, prompt, truth
-        self.mentions = list(mentions)  # (character offset where an object's name ends, drawn as named?)
+        self.mentions = list(mentions)  # object_mentions' tuples: where each object name ends, drawn as named?, ...
         self.missing = missing  # a "no" because a named object is not drawn (not a relation stated the wrong way)
         self.wrong_shape = wrong_shape  # a "no" because a named object is drawn in another shape
         self.patch_targets, self.relation_targets = patch, rel
@@ -351,7 +351,7 @@ def encode_mixed(encoder, examples, clause_hints: bool = False, object_hints: bo
     rows = []  # (ids, labels, mm_types)
     hint_rows = []  # per row: (position in the row, subject colour, colour set, asked word or None)
     clause_rows = []  # per row: (position of a stated relation's last token, holds?)
-    mention_rows = []  # per row: (position of an object name's last token, drawn as named?)
+    mention_rows = []  # per row: (position of an object name's last token, MENTION_KINDS, SHAPE_CLASSES, colour word's)
     for ex in examples:
         if isinstance(ex, MatchExample):
             text = reward_text(proc, ex.prompt)
@@ -543,7 +543,7 @@ def object_hint_loss(model, encoder, hidden: dict, hints: dict, layer: int,
     acc = {f"hint/object_{name}": float(right[kind == k].float().mean()) if (kind == k).any() else float("nan")
            for k, name in enumerate(MENTION_KINDS)}
     if shape_layer > 0:
-        ids = torch.tensor([encoder._single_id(f" {w}") for w in SHAPE_CLASSES])
+        ids = torch.tensor([encoder._single_id(f" {word}") for word in SHAPE_CLASSES])
         cc = hints["mention_colour_at"]
         lp_s = torch.log_softmax(model.lm_head(norm(hidden[shape_layer][r, cc])).float(), dim=-1)[:, ids]  # [K, 5]
         target_s = hints["mention_shape"]
