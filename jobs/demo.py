@@ -283,7 +283,8 @@ def grpo_summary(run: Path) -> dict:
     return {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
             "base": {k: base.get(k) for k in side}, "after_grpo": {k: final.get(k) for k in side},
             "verifier_gain": round(gain, 4), "verifier_gain_se": round(se, 4),
-            "presence_change": round(presence_gain, 4), "presence_change_se": round(presence_se, 4), "lora": str(run / "final"),
+            "presence_change": round(presence_gain, 4), "presence_change_se": round(presence_se, 4),
+            "lora": str(run / "final"),
             "reward_hacking": g.get("reward_hacking")}
 
 
