@@ -175,15 +175,18 @@ def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
         close(group, pg)
 
 
-def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_local, data, one_torch_thread):
-    """learner.objective=fm: one update lowers the flow-matching error of the positive-advantage image and
-    raises the negative one's, measured at noise and timesteps the update never drew."""
+@pytest.mark.parametrize("objective,epochs", [("fm", 1), ("nft", 2)])
+def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_local, data, one_torch_thread, objective,
+                                                                         epochs):
+    """learner.objective=fm (one update) and nft (two passes, DiffusionNFT's loss): training lowers the flow-matching
+    error of the positive-advantage image and raises the negative one's, measured at noise and timesteps the update
+    never drew."""
     from spatialrl.flux.evaluation import read_prompts
     from spatialrl.flux.math import latent_image_ids
     from spatialrl.grpo.math import noised_latents, weighted_flow_matching_loss
 
     rows = read_prompts(str(data / "prompts_train.jsonl"))[:1]
-    cfg = GRPOLearnerConfig(objective="fm", fm_timesteps=4, lr=3e-3, timestep_fraction=1.0)
+    cfg = GRPOLearnerConfig(objective=objective, fm_timesteps=4, lr=3e-3, timestep_fraction=1.0, epochs=epochs)
     group, pg = learner_group(1, cfg, SCFG)
     try:
         sampler = FluxSampler(SCFG)
@@ -209,6 +212,7 @@ def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_lo
         before = errors()
         stats = group.train_step([traj_ref], [TrainSelection(np.array([0, 1]), np.array([1.0, -1.0], np.float32))])
         assert stats["learner/trained_steps"] == 4.0 and stats["policy/ratio_mean"] == 1.0
+        assert stats["learner/updates"] == epochs  # one optimizer step per pass over the step's samples
         sampler.set_lora(ray_local.get(group.lora_state_ref()), version=1)
         after = errors()
         assert after[0] < before[0], (before, after)
@@ -224,6 +228,10 @@ def test_learner_objective_is_checked():
         GRPOLearnerConfig(objective="ppo").validate()
     with pytest.raises(ConfigError, match="fm_timesteps"):
         GRPOLearnerConfig(objective="fm", fm_timesteps=0).validate()
+    with pytest.raises(ConfigError, match="epochs"):
+        GRPOLearnerConfig(objective="nft", epochs=0).validate()
+    with pytest.raises(ConfigError, match="nft_beta"):
+        GRPOLearnerConfig(objective="nft", nft_beta=0.0).validate()
 
 
 # ------------------------------------------------------------------------------------------------ the job
@@ -234,7 +242,7 @@ def full_run(ray_local, data, tmp_path_factory):
     """4 steps with held-out evaluation: the reference run of the module."""
     out = tmp_path_factory.mktemp("grpo_full") / "run"
     assert grpo_job.main(job_args(data, out, f"data.eval_prompts={data / 'prompts_test.jsonl'}",
-                                  "grpo.eval_prompts=2")) == 0
+                                  "grpo.eval_prompts=2", "grpo.eval_every=3")) == 0
     return out
 
 
@@ -253,6 +261,9 @@ def test_full_run_writes_metrics_lora_and_reports(full_run, one_torch_thread):
     evals = json.loads((full_run / "eval.json").read_text())
     assert evals["base"]["policy_version"] == 0 and evals["final"]["policy_version"] == 4
     assert evals["base"]["images"] == 4
+    assert list(evals) == ["base", "step_3", "final"] and evals["step_3"]["policy_version"] == 3  # grpo.eval_every=3
+    assert rows[2]["eval/relation_accuracy"] == evals["step_3"]["relation_accuracy"]
+    assert all("eval/relation_accuracy" not in r for r in rows if r["step"] != 3)
     summary = json.loads((full_run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["policy_version"] == 4
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from spatialrl.grpo.math import (clipped_policy_loss, decline_signal, group_advantages, hacking_signal, noised_latents, sde_kl,
-                                 topk_filter, weighted_flow_matching_loss,
+from spatialrl.grpo.math import (clipped_policy_loss, decline_signal, group_advantages, hacking_signal, nft_loss,
+                                 noised_latents, optimality, sde_kl, topk_filter, weighted_flow_matching_loss,
                                  trained_steps, trend_t)
 
 
@@ -153,6 +153,58 @@ def test_weighted_flow_matching_loss_by_hand():
     # d/dv of A_k (v - 1)^2 / 2 elements / 2 samples = A_k (v - 1) / 2: the good sample is pulled toward its
     # target, the bad one pushed away from it
     assert torch.allclose(v.grad, torch.tensor([[[0.0, 2.0]], [[0.5, 0.0]]]))
+
+
+def test_optimality_by_hand():
+    r = optimality(torch.tensor([-3.0, -0.5, 0.0, 0.4, 1.0, 2.5]))
+    assert torch.allclose(r, torch.tensor([0.0, 0.25, 0.5, 0.7, 1.0, 1.0]))
+
+
+def test_nft_loss_by_hand():
+    x0 = torch.zeros(2, 1, 2)
+    eps = torch.ones(2, 1, 2)  # target v* = 1 everywhere
+    v_old = torch.tensor([[[0.0, 1.0]], [[2.0, 1.0]]])
+    v = torch.tensor([[[0.5, 1.0]], [[2.0, 3.0]]], requires_grad=True)
+    r = torch.tensor([1.0, 0.25])
+    loss, per = nft_loss(v, v_old, x0, eps, r, beta=0.5)
+    # sample 0, r = 1: v+ = 0.5 v_old + 0.5 v = (0.25, 1.0), error mean(0.5625, 0) = 0.28125
+    # sample 1, r = 1/4: v+ = (2, 2) -> error mean(1, 1) = 1; v- = 1.5 v_old - 0.5 v = (2, 0) -> mean(1, 1) = 1;
+    #   0.25 * 1 + 0.75 * 1 = 1
+    assert torch.allclose(per, torch.tensor([0.28125, 1.0]))
+    assert abs(loss.item() - (0.28125 + 1.0) / 2) < 1e-6
+    loss.backward()
+    # d/dv: sample 0: 2 * 0.5 * (v+ - 1) / 2 elements / 2 samples = (v+ - 1) / 4 = (-0.1875, 0)
+    # sample 1: [0.25 * 0.5 * 2 (v+ - 1) - 0.75 * 0.5 * 2 (v- - 1)] / 4 = [0.25 (1, 1) - 0.75 (1, -1)] / 4
+    #   = (-0.125, 0.25)
+    assert torch.allclose(v.grad, torch.tensor([[[-0.1875, 0.0]], [[-0.125, 0.25]]]))
+    old = v_old.clone().requires_grad_(True)  # v_old is the sampling policy's: no gradient flows into it
+    nft_loss(v, old, x0, eps, r, beta=1.0)[0].backward()
+    assert old.grad is None
+
+
+def test_nft_gradient_at_the_old_policy_is_the_advantage_weighted_one():
+    """At v = v_old the NFT gradient is 2 beta (2 r - 1) / B (v_old - v*) per element mean, fm's with A = 2 r - 1."""
+    torch.manual_seed(0)
+    x0, eps = torch.randn(4, 3, 2), torch.randn(4, 3, 2)
+    v_old = torch.randn(4, 3, 2)
+    adv = torch.tensor([0.8, -0.3, 0.1, -1.0])
+    v = v_old.clone().requires_grad_(True)
+    nft_loss(v, v_old, x0, eps, optimality(adv), beta=0.3)[0].backward()
+    w = v_old.clone().requires_grad_(True)
+    weighted_flow_matching_loss(w, x0, eps, 0.3 * adv)[0].backward()
+    assert torch.allclose(v.grad, w.grad, atol=1e-6)
+
+
+def test_nft_minimum_moves_by_two_r_minus_one_over_beta():
+    """Per sample the loss is a quadratic in v with its minimum at v_old + (2 r - 1) / beta (v* - v_old): bounded,
+    where the advantage-weighted loss of a bad sample falls without end as v leaves v*."""
+    x0, eps = torch.zeros(1, 1, 1), torch.full((1, 1, 1), 2.0)  # v* = 2
+    v_old = torch.zeros(1, 1, 1)
+    for r, beta in ((1.0, 1.0), (0.75, 0.5), (0.0, 1.0)):
+        want = (2 * r - 1) / beta * 2.0
+        vs = torch.linspace(want - 1, want + 1, 201).reshape(-1, 1, 1)
+        losses = torch.stack([nft_loss(v.reshape(1, 1, 1), v_old, x0, eps, torch.tensor([r]), beta)[0] for v in vs])
+        assert abs(vs[losses.argmin()].item() - want) < 1e-5, (r, beta)
 
 
 def test_trained_steps():

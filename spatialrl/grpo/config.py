@@ -30,6 +30,7 @@ class GRPOLoopConfig:
     grid_every: int = 2  # sample grid every N steps
     eval_prompts: int = 8  # held-out prompts evaluated (ODE) before and after training; 0 = skip
     eval_images_per_prompt: int = 2
+    eval_every: int = 0  # also evaluate the held-out prompts every N steps (eval.json "step_N", eval/* metrics); 0 = off
     max_retries: int = 3  # re-dispatches of one group after actor failures before the job gives up
     # reward-hacking monitor: over the last hack_window steps, the reward's trend t >= hack_z while the verifier's
     # relation accuracy on the same rollouts does not rise -> metric monitor/hacking = 1, a warning, the summary
@@ -47,8 +48,9 @@ class GRPOLoopConfig:
             raise ConfigError("grpo.save_every and grpo.grid_every must be >= 1")
         if self.hack_window < 3 or self.hack_z <= 0:
             raise ConfigError(f"grpo.hack_window={self.hack_window} (>= 3) and grpo.hack_z={self.hack_z} (> 0)")
-        if self.eval_prompts < 0 or self.eval_images_per_prompt < 1 or self.max_retries < 0:
-            raise ConfigError("grpo.eval_prompts >= 0, grpo.eval_images_per_prompt >= 1, grpo.max_retries >= 0")
+        if self.eval_prompts < 0 or self.eval_images_per_prompt < 1 or self.max_retries < 0 or self.eval_every < 0:
+            raise ConfigError("grpo.eval_prompts >= 0, grpo.eval_images_per_prompt >= 1, grpo.max_retries >= 0, "
+                              "grpo.eval_every >= 0")
 
 
 @dataclass

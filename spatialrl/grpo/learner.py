@@ -32,7 +32,7 @@ from spatialrl.config import ConfigError
 from spatialrl.flux.math import kl_std, latent_image_ids
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config, skip_cpu_shm_op
-from spatialrl.grpo.math import (clipped_policy_loss, noised_latents, sde_kl, trained_steps,
+from spatialrl.grpo.math import (clipped_policy_loss, nft_loss, noised_latents, optimality, sde_kl, trained_steps,
                                  weighted_flow_matching_loss)
 
 
@@ -49,7 +49,8 @@ class GRPOLearnerConfig:
     max_grad_norm: float = 1.0
     timestep_fraction: float = 0.99  # train the first int(T * fraction) steps: all but the last by default
     zero_stage: int = 2
-    updates_per_step: int = 1  # optimizer steps per GRPO step; >1 makes later updates off-policy (clipped)
+    updates_per_step: int = 1  # optimizer steps per pass over a GRPO step's samples; >1 makes later ones off-policy
+    epochs: int = 1  # passes over each GRPO step's kept samples (each pass: updates_per_step optimizer steps)
     ema_decay: float = 0.0  # 0 = off; else an EMA of the LoRA, exported instead of the raw weights
     seed: int = 0  # the LoRA's initial A (B starts at zero)
     # "grpo": Flow-GRPO's clipped likelihood ratio on the stored SDE transitions; "fm": advantage-weighted flow
@@ -58,6 +59,9 @@ class GRPOLearnerConfig:
     objective: str = "grpo"
     fm_timesteps: int = 2
     fm_negative_weight: float = 1.0  # fm: scale of negative advantages (0 = pull toward good samples only)
+    # "nft": DiffusionNFT's negative-aware loss on the same draws as fm (spatialrl.grpo.math.nft_loss), around the
+    # sampling policy's velocity v_old; nft_beta scales how far one update moves the implicit policies
+    nft_beta: float = 1.0
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -72,9 +76,13 @@ class GRPOLearnerConfig:
             raise ConfigError(f"learner.zero_stage={self.zero_stage}: DeepSpeed ZeRO stage 0-3 (2 recommended)")
         if self.updates_per_step < 1:
             raise ConfigError(f"learner.updates_per_step={self.updates_per_step}: need at least 1")
-        if self.objective not in ("grpo", "fm"):
-            raise ConfigError(f"learner.objective={self.objective!r}: use 'grpo' (clipped likelihood ratio) or "
-                              "'fm' (advantage-weighted flow matching)")
+        if self.objective not in ("grpo", "fm", "nft"):
+            raise ConfigError(f"learner.objective={self.objective!r}: use 'grpo' (clipped likelihood ratio), "
+                              "'fm' (advantage-weighted flow matching) or 'nft' (DiffusionNFT's negative-aware loss)")
+        if self.epochs < 1:
+            raise ConfigError(f"learner.epochs={self.epochs}: need at least 1 pass over each step's samples")
+        if not self.nft_beta > 0:
+            raise ConfigError(f"learner.nft_beta={self.nft_beta}: use a positive value (DiffusionNFT: 1 or 0.1)")
         if not 0 <= self.fm_negative_weight <= 1:
             raise ConfigError(f"learner.fm_negative_weight={self.fm_negative_weight}: use a value in [0, 1] "
                               "(1 = push away from bad samples as hard as toward good ones, 0 = not at all)")
@@ -238,8 +246,10 @@ class GRPOLearner:
         sums = torch.zeros(5, dtype=torch.float64)  # loss, ratio, clipped, kl (sums over samples), count
         ratio_max = torch.zeros(1, dtype=torch.float64)
         cache: dict[int, tuple] = {}
-        chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step)
+        chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step) * self.cfg.epochs
         grad_norms, n_trained = [], []
+        self._step_start = self.updates  # nft: the draws stay fixed over the passes, v_old is the sampling policy's
+        self._v_old = {}
         self._train_chunks(chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained)
         if dist.is_initialized() and self.world_size > 1:
             dist.all_reduce(sums)
@@ -260,6 +270,15 @@ class GRPOLearner:
     def _train_chunks(self, chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained):
         """The backward passes and optimizer steps of one train_step (sums, ratio_max, grad_norms and n_trained
         are filled in place)."""
+        if self.cfg.objective == "nft":  # the sampling policy's velocities at every draw, before any update
+            for i, (t, idx, _) in enumerate(mine):
+                if trajectories[t] is None:
+                    raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
+                if t not in cache:
+                    cache[t] = self._conditioning(trajectories[t])
+                with torch.no_grad():
+                    self._v_old[i] = [self._fm_draw(trajectories[t], cache[t], idx, j, t)[0]
+                                      for j in range(self.cfg.fm_timesteps)]
         for chunk in chunks:
             did_backward = False
             for i in chunk:
@@ -269,7 +288,7 @@ class GRPOLearner:
                     raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
                 if t not in cache:
                     cache[t] = self._conditioning(traj)
-                if self.cfg.objective == "fm":  # fm_timesteps draws, each a random trained timestep per sample
+                if self.cfg.objective in ("fm", "nft"):  # fm_timesteps draws, each a random trained timestep per sample
                     steps = list(range(self.cfg.fm_timesteps))
                 else:  # the first timestep_fraction of the steps, within the trajectory's SDE window
                     steps = [j for j in trained_steps(traj.num_steps, self.cfg.timestep_fraction)
@@ -282,6 +301,8 @@ class GRPOLearner:
                 for j in steps:
                     if self.cfg.objective == "fm":
                         loss, stats = self._fm_loss(traj, cache[t], idx, adv, j, t)
+                    elif self.cfg.objective == "nft":
+                        loss, stats = self._fm_loss(traj, cache[t], idx, adv, j, t, v_old=self._v_old[i][j])
                     else:
                         loss, stats = self._loss(traj, cache[t], idx, adv, j)
                     self.engine.backward(loss * weight)
@@ -330,12 +351,14 @@ class GRPOLearner:
             finally:
                 self.transformer.enable_adapters()
 
-    def _fm_loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, draw: int, t_index: int):
-        """Advantage-weighted flow matching on images `idx`: x0 = their final latents, a seeded random trained
-        timestep and fresh noise per sample (draw `draw` of the step), velocity with grad."""
+    def _fm_draw(self, traj: Trajectory, cond, idx: np.ndarray, draw: int, t_index: int):
+        """Images `idx` noised for flow matching: x0 = their final latents, a seeded random trained timestep and
+        fresh noise per sample (draw `draw`); returns (velocity, x0, noise, (x_t, timesteps, rows)). fm draws anew
+        at every update; nft keeps one draw per GRPO step, so v_old and every pass see the same x_t."""
         dev = self.policy.device
         embeds, pooled, text_ids, img_ids = cond
-        rng = np.random.default_rng([self.cfg.seed, self.updates, t_index, int(idx[0]), draw])
+        when = self._step_start if self.cfg.objective == "nft" else self.updates
+        rng = np.random.default_rng([self.cfg.seed, when, t_index, int(idx[0]), draw])
         choices = np.asarray(trained_steps(traj.num_steps, self.cfg.timestep_fraction))
         js = torch.as_tensor(rng.choice(choices, size=len(idx)))  # [B] step index per sample
         x0 = traj.latents[idx, -1].to(dev)  # [B, S, 64]
@@ -347,9 +370,21 @@ class GRPOLearner:
         # the conditional velocity, as Flux is trained: the guided one is not meant to equal eps - x0, and pulling
         # it there erodes the guidance (positive-only weights collapsed the toy generator in 10 steps)
         v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids, guided=False)
+        return v, x0, noise, (x_t, timesteps, rows)
+
+    def _fm_loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, draw: int, t_index: int,
+                 v_old: torch.Tensor | None = None):
+        """fm: advantage-weighted flow matching on images `idx`; nft (given `v_old`, the sampling policy's
+        velocity at the same draw): DiffusionNFT's loss with r = optimality(advantage). Velocity with grad."""
+        dev = self.policy.device
+        embeds, pooled, text_ids, img_ids = cond
+        v, x0, noise, (x_t, timesteps, rows) = self._fm_draw(traj, cond, idx, draw, t_index)
         advantages = torch.as_tensor(adv, device=dev, dtype=torch.float32)
-        advantages = torch.where(advantages < 0, advantages * self.cfg.fm_negative_weight, advantages)
-        loss, _ = weighted_flow_matching_loss(v, x0, noise, advantages)
+        if v_old is None:
+            advantages = torch.where(advantages < 0, advantages * self.cfg.fm_negative_weight, advantages)
+            loss, _ = weighted_flow_matching_loss(v, x0, noise, advantages)
+        else:
+            loss, _ = nft_loss(v, v_old, x0, noise, optimality(advantages), self.cfg.nft_beta)
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
             with self._reference():

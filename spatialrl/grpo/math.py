@@ -17,6 +17,10 @@ them. The formulas (docs/architecture.md section 3):
   trained timestep, and weigh each sample's flow-matching error |v(x_t) - (eps - x0)|^2 by its advantage:
   good samples pull the velocity toward themselves, bad ones push it away (DiffusionNFT's gradient at its
   on-policy point);
+- DiffusionNFT's negative-aware loss (`learner.objective: nft`): the same noised x_t, the velocity split into an
+  implicit positive policy (1 - beta) v_old + beta v and a negative one (1 + beta) v_old - beta v around the
+  sampling policy's v_old, each pulled toward eps - x0 with weight r (optimality, from the advantage) and 1 - r;
+  its first gradient is fm's, but it stays bounded over several passes on one batch (`learner.epochs`);
 - the reward-hacking monitor: over the last W steps, the least-squares slope of the reward and of an
   independent check (the verifier), each as a t statistic (slope / its standard error); it fires when the
   reward rises clearly (t_reward >= z) while the check does not rise (t_check <= quiet); its second arm,
@@ -175,6 +179,35 @@ def weighted_flow_matching_loss(
     target = noise.float() - x0.float()
     err = ((velocity.float() - target) ** 2).mean(dim=tuple(range(1, velocity.ndim)))  # [B]
     return (advantages.float() * err).mean(), err.detach()
+
+
+def optimality(advantages: torch.Tensor) -> torch.Tensor:
+    """DiffusionNFT's optimality probability r = 1/2 + clip(A, -1, 1) / 2 of each sample `[B]`: 1 for a sample a
+    group standard deviation or more above its group's mean, 0 as far below, 1/2 at the mean."""
+    return 0.5 + 0.5 * advantages.float().clamp(-1.0, 1.0)
+
+
+def nft_loss(
+    velocity: torch.Tensor, velocity_old: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, r: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffusionNFT's negative-aware flow-matching loss and the per-sample loss `[B]` (detached).
+
+    With v* = eps - x0, the implicit positive policy v+ = (1 - beta) v_old + beta v and the negative one
+    v- = (1 + beta) v_old - beta v: loss_k = r_k |v+ - v*|^2 + (1 - r_k) |v- - v*|^2 (element means), averaged.
+    At v = v_old its gradient is 2 beta (2 r - 1) (v_old - v*), the advantage-weighted flow-matching gradient; unlike
+    that loss it is a quadratic in v with curvature beta^2 whatever r is, so repeated updates on one batch stay
+    bounded: per sample its minimum moves v_old toward v* by (2 r - 1) / beta of the way (away from it for r < 1/2).
+    velocity, velocity_old, x0, noise: `[B, ...]`; r: `[B]` in [0, 1].
+    """
+    dims = tuple(range(1, velocity.ndim))
+    target = noise.float() - x0.float()
+    v, v_old = velocity.float(), velocity_old.float().detach()
+    positive = (1 - beta) * v_old + beta * v
+    negative = (1 + beta) * v_old - beta * v
+    r = r.float()
+    per = r * ((positive - target) ** 2).mean(dim=dims) + (1 - r) * ((negative - target) ** 2).mean(dim=dims)  # [B]
+    return per.mean(), per.detach()
 
 
 def trained_steps(num_steps: int, fraction: float) -> list[int]:
