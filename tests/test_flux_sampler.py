@@ -109,6 +109,33 @@ def test_true_cfg_reproduces_stock_flux_pipeline_and_keeps_ratio_one():
     assert (short.latents[:, -1] - ref16).abs().max().item() == 0.0
 
 
+def test_detach_negative_trains_the_guided_velocity_through_its_conditional_branch():
+    """guided velocity v = v_neg + s (v - v_neg): same value with the negative branch detached, and the gradient of
+    any loss on it is then s times the conditional velocity's (learner.fm_guided)."""
+    s = FluxSampler(FluxSamplerConfig(**BASE, true_cfg_scale=3.0, lora_rank=4, lora_alpha=8))
+    s.set_lora(random_lora(s, seed=1), version=1)
+    embeds, pooled, text_ids = s.encode(PROMPTS[:1])
+    h, w = s.latent_size(32)
+    img_ids = latent_image_ids(h // 2, w // 2, device=s.device, dtype=embeds.dtype)
+    x = torch.randn(2, (h // 2) * (w // 2), 64, generator=torch.Generator().manual_seed(0))
+    args = (x, torch.tensor(700.0), embeds.expand(2, -1, -1), pooled.expand(2, -1), text_ids, img_ids)
+    params = [p for n, p in s.transformer.named_parameters() if "lora_B" in n]
+    for p in params:
+        p.requires_grad_(True)
+
+    def grads(v):
+        return torch.autograd.grad((v ** 2).sum(), params, allow_unused=True)
+
+    v_full = s.velocity(*args)
+    v_det = s.velocity(*args, detach_negative=True)
+    assert torch.equal(v_full, v_det)
+    v_cond = s.velocity(*args, guided=False)
+    target = [3.0 * 2 * g for g in torch.autograd.grad((v_cond * v_det.detach()).sum(), params)]
+    for got, want in zip(grads(v_det), target):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads(s.velocity(*args)), target))
+
+
 def test_bfloat16_ratio_is_exactly_one_and_math_stays_float32():
     s = FluxSampler(FluxSamplerConfig(**BASE, dtype="bfloat16"))
     assert s.transformer.dtype == torch.bfloat16

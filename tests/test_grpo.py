@@ -175,18 +175,21 @@ def test_learner_ratio_is_one_with_true_cfg(ray_local, data, one_torch_thread):
         close(group, pg)
 
 
-@pytest.mark.parametrize("objective,epochs", [("fm", 1), ("nft", 2)])
+@pytest.mark.parametrize("objective,epochs,ema,fm_noise", [("fm", 1, 0.0, "fresh"), ("nft", 2, 0.0, "fresh"),
+                                                           ("nft", 2, 0.5, "fresh"), ("fm", 1, 0.0, "rollout")])
 def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_local, data, one_torch_thread, objective,
-                                                                         epochs):
+                                                                         epochs, ema, fm_noise):
     """learner.objective=fm (one update) and nft (two passes, DiffusionNFT's loss): training lowers the flow-matching
     error of the positive-advantage image and raises the negative one's, measured at noise and timesteps the update
-    never drew."""
+    never drew. With an EMA the samplers get the EMA and nft's v_old is its velocity. With fm_noise=rollout the
+    paths start at each sample's own starting noise, and the errors are measured along them."""
     from spatialrl.flux.evaluation import read_prompts
     from spatialrl.flux.math import latent_image_ids
     from spatialrl.grpo.math import noised_latents, weighted_flow_matching_loss
 
     rows = read_prompts(str(data / "prompts_train.jsonl"))[:1]
-    cfg = GRPOLearnerConfig(objective=objective, fm_timesteps=4, lr=3e-3, timestep_fraction=1.0, epochs=epochs)
+    cfg = GRPOLearnerConfig(objective=objective, fm_timesteps=4, lr=3e-3, timestep_fraction=1.0, epochs=epochs,
+                            ema_decay=ema, fm_noise=fm_noise)
     group, pg = learner_group(1, cfg, SCFG)
     try:
         sampler = FluxSampler(SCFG)
@@ -198,6 +201,8 @@ def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_lo
         img_ids = latent_image_ids(h // 2, w // 2, device=sampler.device, dtype=embeds.dtype)
         x0 = traj.latents[:2, -1]
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(99))
+        if fm_noise == "rollout":
+            noise = traj.latents[:2, 0]
 
         def errors() -> list[float]:
             out = []
@@ -230,6 +235,17 @@ def test_learner_objective_is_checked():
         GRPOLearnerConfig(objective="fm", fm_timesteps=0).validate()
     with pytest.raises(ConfigError, match="epochs"):
         GRPOLearnerConfig(objective="nft", epochs=0).validate()
+    from spatialrl.grpo.config import GRPOJobConfig
+
+    ode = GRPOJobConfig()
+    ode.data.prompts, ode.sampler.noise_level = "prompts.jsonl", 0.0
+    with pytest.raises(ConfigError, match="noise_level must be > 0 for learner.objective=grpo"):
+        ode.validate()
+    for objective in ("fm", "nft"):  # they train on final latents: ODE rollouts are allowed
+        ode.learner.objective = objective
+        ode.validate()
+    with pytest.raises(ConfigError, match="fm_noise"):
+        GRPOLearnerConfig(objective="fm", fm_noise="mine").validate()
     with pytest.raises(ConfigError, match="nft_beta"):
         GRPOLearnerConfig(objective="nft", nft_beta=0.0).validate()
 

@@ -31,6 +31,7 @@ defaults to diffusers' 512 (Flow-GRPO uses 128), since spatial prompts run to 12
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -216,8 +217,6 @@ def sdpa_backends(device_type: str, choice: str) -> list | None:
 
 def attention_context(device_type: str, choice: str):
     """A context manager pinning `sdpa_backends(device_type, choice)` (a no-op where that is None)."""
-    import contextlib
-
     backends = sdpa_backends(device_type, choice)
     if backends is None:
         return contextlib.nullcontext()
@@ -351,10 +350,13 @@ class FluxSampler:
             self._negative = (key, e, p)
         return self._negative[1], self._negative[2]
 
-    def velocity(self, x, timestep, embeds, pooled, text_ids, img_ids, guided: bool = True) -> torch.Tensor:
+    def velocity(self, x, timestep, embeds, pooled, text_ids, img_ids, guided: bool = True,
+                 detach_negative: bool = False) -> torch.Tensor:
         """The transformer's velocity for latents x `[B, S, 64]` (float32) at one step: as FluxPipeline calls it,
         with its true classifier-free guidance when `cfg.true_cfg_scale` > 1 (a second forward, negative prompt)
-        unless `guided=False` (the conditional velocity alone: what flow matching trains)."""
+        unless `guided=False` (the conditional velocity alone: what flow matching trains). `detach_negative`: the
+        negative prompt's forward runs without grad, so a loss on the guided velocity trains the conditional branch
+        alone (scaled by true_cfg_scale)."""
         hidden = x.to(self.dtype)
         b = hidden.shape[0]
         guidance = None
@@ -382,7 +384,8 @@ class FluxSampler:
         scale = self.cfg.true_cfg_scale
         if scale > 1 and guided:
             neg_embeds, neg_pooled = self._negative_conditioning()
-            with attention_context(self.device.type, self.cfg.attention_backend):
+            with attention_context(self.device.type, self.cfg.attention_backend), \
+                    (torch.no_grad() if detach_negative else contextlib.nullcontext()):
                 v_neg = forward(neg_embeds.expand(b, -1, -1), neg_pooled.expand(b, -1))
             v = v_neg + scale * (v - v_neg)  # FluxPipeline's order of operations, so ODE runs match it exactly
         return v

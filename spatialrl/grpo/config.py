@@ -110,8 +110,9 @@ class GRPOJobConfig:
                 "data.prompts is empty: give training prompts, e.g. --set data.prompts=DIR/prompts_train.jsonl "
                 "(python -m jobs.build_dataset --config configs/dataset_easy.yaml --out DIR makes them)"
             )
-        if self.sampler.noise_level <= 0:
-            raise ConfigError("sampler.noise_level must be > 0 for GRPO (SDE sampling gives the log-probs)")
+        if self.sampler.noise_level <= 0 and self.learner.objective == "grpo":
+            raise ConfigError("sampler.noise_level must be > 0 for learner.objective=grpo (SDE sampling gives the "
+                              "log-probs); fm and nft train on final latents and take ODE rollouts (noise_level 0)")
         if self.sampler.group_size < 2:
             raise ConfigError(f"sampler.group_size={self.sampler.group_size}: GRPO needs groups of >= 2 images")
         if self.grpo.top_k and 2 * self.grpo.top_k >= self.sampler.group_size:

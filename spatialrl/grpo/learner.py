@@ -62,6 +62,14 @@ class GRPOLearnerConfig:
     # "nft": DiffusionNFT's negative-aware loss on the same draws as fm (spatialrl.grpo.math.nft_loss), around the
     # sampling policy's velocity v_old; nft_beta scales how far one update moves the implicit policies
     nft_beta: float = 1.0
+    # fm / nft: which velocity meets the flow-matching target. False: the conditional one, as Flux is trained. True
+    # (with sampler.true_cfg_scale > 1): the guided one the rollouts were sampled with, its negative-prompt branch
+    # without grad, so the loss sees the velocity that made each sample and only the conditional branch learns
+    fm_guided: bool = False
+    # fm / nft: the noise end of each sample's flow-matching path. fresh: a new draw (plain flow matching: it moves
+    # the prompt's image distribution). rollout: the sample's own starting noise (as in reflow), so a good image
+    # pulls, and a bad one pushes, the velocity along the path its own start took: credit to that start's layout
+    fm_noise: str = "fresh"
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -79,6 +87,9 @@ class GRPOLearnerConfig:
         if self.objective not in ("grpo", "fm", "nft"):
             raise ConfigError(f"learner.objective={self.objective!r}: use 'grpo' (clipped likelihood ratio), "
                               "'fm' (advantage-weighted flow matching) or 'nft' (DiffusionNFT's negative-aware loss)")
+        if self.fm_noise not in ("fresh", "rollout"):
+            raise ConfigError(f"learner.fm_noise={self.fm_noise!r}: use 'fresh' (a new draw) or 'rollout' (the sample's "
+                              "own starting noise)")
         if self.epochs < 1:
             raise ConfigError(f"learner.epochs={self.epochs}: need at least 1 pass over each step's samples")
         if not self.nft_beta > 0:
@@ -176,17 +187,9 @@ class GRPOLearner:
         use_ema = self.ema is not None if ema is None else ema
         if use_ema and self.ema is None:
             raise ValueError("this learner keeps no EMA (learner.ema_decay = 0)")
-        with torch.no_grad():
-            if use_ema:
-                saved = {n: p.detach().clone() for n, p in self._lora_params()}
-                for n, p in self._lora_params():
-                    p.copy_(self.ema[n].to(p.dtype))
+        with torch.no_grad(), (self._sampling_weights() if use_ema else contextlib.nullcontext()):
             state = get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER)
-            state = {k: v.detach().cpu().clone() for k, v in state.items()}
-            if use_ema:
-                for n, p in self._lora_params():
-                    p.copy_(saved[n])
-        return state
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
 
     def save_checkpoint(self, path: str, tag: str = "state") -> None:
         """DeepSpeed state of this rank (collective: every rank calls it) plus the EMA on rank 0."""
@@ -271,12 +274,12 @@ class GRPOLearner:
         """The backward passes and optimizer steps of one train_step (sums, ratio_max, grad_norms and n_trained
         are filled in place)."""
         if self.cfg.objective == "nft":  # the sampling policy's velocities at every draw, before any update
-            for i, (t, idx, _) in enumerate(mine):
-                if trajectories[t] is None:
-                    raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
-                if t not in cache:
-                    cache[t] = self._conditioning(trajectories[t])
-                with torch.no_grad():
+            with torch.no_grad(), self._sampling_weights():
+                for i, (t, idx, _) in enumerate(mine):
+                    if trajectories[t] is None:
+                        raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
+                    if t not in cache:
+                        cache[t] = self._conditioning(trajectories[t])
                     self._v_old[i] = [self._fm_draw(trajectories[t], cache[t], idx, j, t)[0]
                                       for j in range(self.cfg.fm_timesteps)]
         for chunk in chunks:
@@ -342,6 +345,24 @@ class GRPOLearner:
         return loss, stats
 
     @contextlib.contextmanager
+    def _sampling_weights(self):
+        """The weights the samplers were given (`lora_state`): the EMA of the LoRA when one is kept, so nft's
+        v_old is DiffusionNFT's slowly updated sampling policy and the trained LoRA stays within reach of it."""
+        if self.ema is None:
+            yield
+            return
+        with torch.no_grad():
+            saved = {n: p.detach().clone() for n, p in self._lora_params()}
+            for n, p in self._lora_params():
+                p.copy_(self.ema[n].to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self._lora_params():
+                    p.copy_(saved[n])
+
+    @contextlib.contextmanager
     def _reference(self):
         """The KL terms' reference: the base transformer (LoRA disabled), without grad."""
         with torch.no_grad():
@@ -363,13 +384,17 @@ class GRPOLearner:
         js = torch.as_tensor(rng.choice(choices, size=len(idx)))  # [B] step index per sample
         x0 = traj.latents[idx, -1].to(dev)  # [B, S, 64]
         noise = torch.as_tensor(rng.standard_normal(x0.shape), dtype=x0.dtype, device=dev)
+        if self.cfg.fm_noise == "rollout":  # the sample's own start: credit to the start -> image map it took
+            noise = traj.latents[idx, 0].to(dev)  # [B, S, 64]
         sigma = traj.sigmas[js].to(dev)  # [B]
         x_t = noised_latents(x0, noise, sigma)
         rows = torch.as_tensor(traj.group_index[idx], device=dev)
         timesteps = traj.timesteps[js].to(dev)  # [B]
-        # the conditional velocity, as Flux is trained: the guided one is not meant to equal eps - x0, and pulling
-        # it there erodes the guidance (positive-only weights collapsed the toy generator in 10 steps)
-        v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids, guided=False)
+        # the conditional velocity, as Flux is trained, by default: pulling the guided one (both branches) toward
+        # eps - x0 erodes the guidance (positive-only weights collapsed the toy generator in 10 steps); fm_guided
+        # trains the guided velocity through its conditional branch only
+        v = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids,
+                                 guided=self.cfg.fm_guided, detach_negative=True)
         return v, x0, noise, (x_t, timesteps, rows)
 
     def _fm_loss(self, traj: Trajectory, cond, idx: np.ndarray, adv: np.ndarray, draw: int, t_index: int,
@@ -388,7 +413,8 @@ class GRPOLearner:
         kl = torch.zeros(len(idx), device=dev)
         if self.cfg.kl_beta > 0:
             with self._reference():
-                v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids, guided=False)
+                v_ref = self.policy.velocity(x_t, timesteps, embeds[rows], pooled[rows], text_ids, img_ids,
+                                             guided=self.cfg.fm_guided)
             kl = ((v.float() - v_ref.float()) ** 2).mean(dim=tuple(range(1, v.ndim)))  # [B]
             loss = loss + self.cfg.kl_beta * kl.mean()
         ones = torch.ones(len(idx), device=dev)
