@@ -470,7 +470,8 @@ def test_reward_hacking_monitor_fires_on_a_colour_reward(ray_local, data, tmp_pa
               "reward.colour=red", "grpo.steps=12", "grpo.prompts_per_step=4", "grpo.top_k=0", "grpo.eval_prompts=0",
               "grpo.hack_window=6", "learner.lr=1e-2", "grpo.save_every=100", "grpo.grid_every=100",
               "cluster.sampler.count=1", "sampler.sde_steps=0", "learner.kl_beta=0",  # every step SDE, no KL
-              "learner.objective=grpo", "learner.timestep_fraction=0.99"):  # the likelihood ratio on all but the last
+              "learner.objective=grpo", "learner.timestep_fraction=0.99",  # the likelihood ratio on all but the last
+              "learner.ema_decay=0"):
         args += ["--set", s]
     assert grpo_job.main(args) == 0
     rows = rows_of(out)

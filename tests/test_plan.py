@@ -125,7 +125,8 @@ def test_simulation_matches_the_real_grpo_loop(ray_local, tmp_path):
             "sampler.batch_size=4", "sampler.true_cfg_scale=1", "sampler.max_sequence_length=32",
             "grpo.prompts_per_step=2", "grpo.top_k=0", "reward.source=colour", f"data.prompts={prompts}",
             "data.eval_prompts=", "grpo.save_every=100", "grpo.grid_every=100", "cluster.sampler.count=1",
-            "grpo.steps=5", "learner.objective=grpo", "learner.timestep_fraction=0.99"]  # the planner models the ratio
+            "grpo.steps=5", "learner.objective=grpo", "learner.timestep_fraction=0.99",  # the planner models the ratio
+            "learner.ema_decay=0"]
     cfg = load_config(GRPOJobConfig, "configs/grpo_demo.yaml", sets)
     costs = RoleCosts.from_dict(calibrate(cfg, reps=2))
     run = tmp_path / "run"
