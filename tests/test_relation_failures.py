@@ -51,3 +51,16 @@ def test_accuracy_split_by_presence_and_the_cli(tmp_path, capsys):
     out = json.loads((tmp_path / "out.json").read_text())["base"]
     assert out["wrong_side"] == 0.25 and out["share_all_present"] == 0.5
     assert "base:" in capsys.readouterr().out
+
+
+def test_side_decision_flips_nothing_without_noise():
+    """bench.side_decision: with a vanishing noise level the perturbed step is the ODE's Euler step (to far below one
+    uint8 level of the decoded image), so no relation of any continuation differs from the ODE image's; one entry per
+    step but the last."""
+    from bench.side_decision import flips_by_step
+    from spatialrl.flux.sampler import FluxSampler, FluxSamplerConfig
+
+    sampler = FluxSampler(FluxSamplerConfig(model="tiny", resolution=32, num_steps=3, group_size=1, batch_size=2,
+                                            max_sequence_length=32))
+    flips = flips_by_step(sampler, [ROW], continuations=2, noise=1e-9, seed=3)
+    assert flips == {0: 0.0, 1: 0.0}
