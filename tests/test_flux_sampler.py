@@ -130,10 +130,14 @@ def test_detach_negative_trains_the_guided_velocity_through_its_conditional_bran
     v_det = s.velocity(*args, detach_negative=True)
     assert torch.equal(v_full, v_det)
     v_cond = s.velocity(*args, guided=False)
-    target = [3.0 * 2 * g for g in torch.autograd.grad((v_cond * v_det.detach()).sum(), params)]
-    for got, want in zip(grads(v_det), target):
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
-    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads(s.velocity(*args)), target))
+    target = torch.cat([3.0 * 2 * g.flatten() for g in torch.autograd.grad((v_cond * v_det.detach()).sum(), params)])
+
+    def relative_error(v) -> float:  # over every LoRA B weight at once (float32 sums differ by thread count)
+        got = torch.cat([g.flatten() for g in grads(v)])
+        return float((got - target).norm() / target.norm())
+
+    assert relative_error(v_det) < 1e-3
+    assert relative_error(s.velocity(*args)) > 0.05  # with grad through the negative branch: another gradient
 
 
 def test_bfloat16_ratio_is_exactly_one_and_math_stays_float32():
