@@ -68,8 +68,8 @@ def rows_of(run: Path) -> list[dict]:
 
 
 def training_keys(row: dict) -> dict:
-    """A metrics row without wall-clock numbers."""
-    return {k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))}
+    """A metrics row without wall-clock numbers and held-out evaluations (`grpo.eval_every`: the reference run has one)."""
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "perf/", "eval/"))}
 
 
 # ------------------------------------------------------------------------------------------------ the learner
