@@ -141,10 +141,9 @@ class GRPOController:
             t_wait = time.time() - t0
             row = self._train(step, groups)
             if self.eval_rows and g.eval_every and step % g.eval_every == 0 and step < g.steps:
-                evals[f"step_{step}"] = self.evaluate(version=self.version, state_ref=self.state_ref)
+                ev = evals[f"step_{step}"] = self.evaluate(version=self.version, state_ref=self.state_ref)
                 self._write_json("eval.json", evals)
-                row.update({f"eval/{k}": evals[f"step_{step}"][k] for k in ("relation_accuracy", "object_presence")
-                            if k in evals[f"step_{step}"]})
+                row.update({f"eval/{k}": ev[k] for k in ("relation_accuracy", "object_presence") if k in ev})
             # the next step to sample uses the new weights; steps already in flight (max_staleness > 0) keep
             # sampling with older ones while the learner trained: that overlap is what staleness buys
             nxt = step + g.max_staleness + 1

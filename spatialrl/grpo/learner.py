@@ -276,21 +276,13 @@ class GRPOLearner:
         if self.cfg.objective == "nft":  # the sampling policy's velocities at every draw, before any update
             with torch.no_grad(), self._sampling_weights():
                 for i, (t, idx, _) in enumerate(mine):
-                    if trajectories[t] is None:
-                        raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
-                    if t not in cache:
-                        cache[t] = self._conditioning(trajectories[t])
-                    self._v_old[i] = [self._fm_draw(trajectories[t], cache[t], idx, j, t)[0]
-                                      for j in range(self.cfg.fm_timesteps)]
+                    traj, cond = self._cached_conditioning(t, trajectories, cache)
+                    self._v_old[i] = [self._fm_draw(traj, cond, idx, j, t)[0] for j in range(self.cfg.fm_timesteps)]
         for chunk in chunks:
             did_backward = False
             for i in chunk:
                 t, idx, adv = mine[i]
-                traj = trajectories[t]
-                if traj is None:
-                    raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
-                if t not in cache:
-                    cache[t] = self._conditioning(traj)
+                traj, _ = self._cached_conditioning(t, trajectories, cache)
                 if self.cfg.objective in ("fm", "nft"):  # fm_timesteps draws, each a random trained timestep per sample
                     steps = list(range(self.cfg.fm_timesteps))
                 else:  # the first timestep_fraction of the steps, within the trajectory's SDE window
@@ -320,6 +312,15 @@ class GRPOLearner:
             self.updates += 1
             grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
             self._update_ema()
+
+    def _cached_conditioning(self, t: int, trajectories, cache: dict):
+        """Trajectory `t` and its text conditioning, encoded once per train_step (`cache`)."""
+        traj = trajectories[t]
+        if traj is None:
+            raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
+        if t not in cache:
+            cache[t] = self._conditioning(traj)
+        return traj, cache[t]
 
     def _conditioning(self, traj: Trajectory):
         self.policy.check_made_here(traj)  # samplers and learner must share resolution and guidance
@@ -383,9 +384,10 @@ class GRPOLearner:
         choices = np.asarray(trained_steps(traj.num_steps, self.cfg.timestep_fraction))
         js = torch.as_tensor(rng.choice(choices, size=len(idx)))  # [B] step index per sample
         x0 = traj.latents[idx, -1].to(dev)  # [B, S, 64]
-        noise = torch.as_tensor(rng.standard_normal(x0.shape), dtype=x0.dtype, device=dev)
         if self.cfg.fm_noise == "rollout":  # the sample's own start: credit to the start -> image map it took
             noise = traj.latents[idx, 0].to(dev)  # [B, S, 64]
+        else:
+            noise = torch.as_tensor(rng.standard_normal(x0.shape), dtype=x0.dtype, device=dev)
         sigma = traj.sigmas[js].to(dev)  # [B]
         x_t = noised_latents(x0, noise, sigma)
         rows = torch.as_tensor(traj.group_index[idx], device=dev)
