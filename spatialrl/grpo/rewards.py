@@ -23,7 +23,8 @@ import numpy as np
 from spatialrl.config import ConfigError
 
 
-SOURCES = ("spatialscore", "verifier", "verifier_margin", "verifier_presence", "verifier_strict", "colour")
+SOURCES = ("spatialscore", "verifier", "verifier_margin", "verifier_presence", "verifier_strict", "verifier_dense",
+           "colour")
 
 
 @dataclass
@@ -35,7 +36,9 @@ class RewardConfig:
     # relations are read from colour regions alone, so relation accuracy by itself pays a policy that keeps the
     # colours in place while it loses the named shapes); verifier_strict: the share of relations that hold as stated,
     # by place and with both named objects drawn in their shapes ("the red circle left of the blue square" fails
-    # when the red thing is a square), so no relation is paid for a lost shape; colour: how far the pixels lean
+    # when the red thing is a square), so no relation is paid for a lost shape; verifier_dense: the mean of
+    # verifier_strict and verifier_margin (pass / fail as stated, plus how far each relation is from flipping, so
+    # images that pass the same relations still differ, and a wrong side nearly right pays more); colour: how far the pixels lean
     # toward `colour`, a reward built to be hacked (it pays for paint, not layout), for testing the reward-hacking
     # monitor
     source: Literal[SOURCES] = "spatialscore"
@@ -133,7 +136,7 @@ class RewardWorker:
                 pres[i] = np.mean(res.objects_present)
                 if res.relations_hold:
                     strict[i] = np.mean(res.holds_as_stated(row["relations"]))
-                if self.cfg.source == "verifier_margin" and row.get("relations"):
+                if self.cfg.source in ("verifier_margin", "verifier_dense") and row.get("relations"):
                     dense[i] = np.mean(np.clip(relation_margins(img, row["objects"], row["relations"], margins)
                                                / self.cfg.margin_scale, -1, 1))
         if self.scorer is not None:
@@ -144,7 +147,7 @@ class RewardWorker:
             reward = colour_share(images, self.cfg.colour)
         else:
             reward = {"verifier_margin": dense, "verifier_presence": 0.5 * (rel + pres),
-                      "verifier_strict": strict}.get(self.cfg.source, rel)
+                      "verifier_strict": strict, "verifier_dense": 0.5 * (strict + dense)}.get(self.cfg.source, rel)
             if np.isnan(reward).any():
                 raise ValueError(f"reward.source={self.cfg.source} needs prompts with objects/relations "
                                  f"(prompts_*.jsonl)")
