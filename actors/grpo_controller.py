@@ -29,7 +29,6 @@ import torch
 from actors.learner_actor import JobStopped, LearnerGroup
 from actors.reward_actor import RewardActor, reward_actor_name
 from actors.sampler_actor import make_sampler_actor, sampler_actor_name
-from data_pipeline.prompts import mirrored
 from cluster.resources import actor_options, check_available, reserve
 from spatialrl.flux.evaluation import image_grid, read_prompts
 from spatialrl.grpo.config import GRPOJobConfig
@@ -54,11 +53,9 @@ class Group:
     version: int
     seed: int
     attempts: int = 0
-    refs: tuple = ()  # (images, trajectory, reward[, mirrored reward]) object refs
+    refs: tuple = ()  # (images, trajectory, reward) object refs
     actors: tuple = ()  # (sampler, reward actor) the refs are waiting on
     result: dict = field(default_factory=dict)
-    mirror: dict | None = None  # grpo.mirror_groups: the row with every relation reversed (scored as a second group)
-    mirror_result: dict = field(default_factory=dict)
 
 
 def step_seed(seed: int, step: int, index: int) -> int:
@@ -231,8 +228,7 @@ class GRPOController:
 
     def _dispatch_step(self, step: int, version: int, state_ref) -> list[Group]:
         ids = step_prompt_ids(len(self.rows), self.cfg.grpo.prompts_per_step, step, self.cfg.grpo.seed)
-        groups = [Group(step, i, self.rows[pid], pid, version, step_seed(self.cfg.grpo.seed, step, i),
-                        mirror=mirrored(self.rows[pid]) if self.cfg.grpo.mirror_groups else None)
+        groups = [Group(step, i, self.rows[pid], pid, version, step_seed(self.cfg.grpo.seed, step, i))
                   for i, pid in enumerate(ids)]
         self._state_for[version] = state_ref
         for grp in groups:
@@ -250,8 +246,6 @@ class GRPOController:
             version=grp.version, noise_level=noise_level, group_size=group_size, shared_noise=shared_noise,
         )
         grp.refs = (images, traj, rewarder.score.remote(images, [grp.row] * k))
-        if grp.mirror is not None:
-            grp.refs += (rewarder.score.remote(images, [grp.mirror] * k),)
         grp.actors = (sampler, rewarder)
         grp.attempts += 1
 
@@ -264,8 +258,6 @@ class GRPOController:
             for grp in todo:
                 try:
                     grp.result = ray.get(grp.refs[2], timeout=self.cfg.cluster.actor_timeout_s)
-                    if len(grp.refs) > 3:
-                        grp.mirror_result = ray.get(grp.refs[3], timeout=self.cfg.cluster.actor_timeout_s)
                 except RETRYABLE as e:
                     if grp.attempts > self.cfg.grpo.max_retries:
                         raise JobStopped(
@@ -331,24 +323,18 @@ class GRPOController:
 
     def _train(self, step: int, groups: list[Group]) -> dict:
         G = self.cfg.sampler.group_size
-        # the trained groups: every prompt group, then (grpo.mirror_groups) the same images under mirrored prompts
-        trained = [(grp, grp.result["reward"], None) for grp in groups]
-        trained += [(grp, grp.mirror_result["reward"], grp.mirror["prompt"]) for grp in groups if grp.mirror_result]
-        rewards = torch.as_tensor(np.concatenate([r for _, r, _ in trained]), dtype=torch.float32)
-        group_index = torch.arange(len(trained)).repeat_interleave(G)
+        rewards = torch.as_tensor(np.concatenate([grp.result["reward"] for grp in groups]), dtype=torch.float32)
+        group_index = torch.arange(len(groups)).repeat_interleave(G)
         g = self.cfg.grpo
         sel = topk_filter(rewards, group_index, g.top_k, normalize=g.topk_normalize, global_std=g.global_std,
                           seed=groups[0].seed)
         refs, selections = [], []
-        for i, (grp, _, prompt) in enumerate(trained):
+        for i, grp in enumerate(groups):
             keep = sel.keep[i * G:(i + 1) * G].numpy()
             if keep.any():
                 refs.append(grp.refs[1])
-                selections.append(TrainSelection(np.nonzero(keep)[0], sel.advantages[i * G:(i + 1) * G].numpy()[keep],
-                                                 prompt=prompt))
+                selections.append(TrainSelection(np.nonzero(keep)[0], sel.advantages[i * G:(i + 1) * G].numpy()[keep]))
         row = self._reward_metrics(groups)
-        if g.mirror_groups:
-            row["mirror/groups"] = float(len(trained) - len(groups))
         row.update({"topk/kept_fraction": sel.kept_samples / len(rewards), "topk/kept_groups": sel.kept_groups,
                     "topk/dropped_groups": sel.dropped_groups,
                     "policy/staleness": float(np.mean([self.version - grp.version for grp in groups])),

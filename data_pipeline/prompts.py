@@ -11,8 +11,6 @@ with each violated relation replaced by its converse.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from data_pipeline.relations import CONVERSE
@@ -143,28 +141,3 @@ class PromptWriter:
         if self.outro:
             parts.append(self.outro)
         return " ".join(parts), ends
-
-
-# The words the four positional relation types' templates differ in, each with its opposite: swapping them in a
-# prompt states every positional relation the other way round (the templates are written so that nothing else
-# in a prompt uses these words; tests/test_prompts.py checks it against write(flipped=all) on many scenes).
-POSITION_OPPOSITES = {"left": "right", "right": "left", "above": "below", "below": "above", "higher": "lower",
-                      "lower": "higher", "up": "down", "down": "up", "over": "under", "under": "over"}
-_POSITION_WORD = re.compile(r"\b(" + "|".join(POSITION_OPPOSITES) + r")\b", re.IGNORECASE)
-POSITIONAL = ("left_of", "right_of", "above", "below")
-
-
-def mirrored(row: dict) -> dict | None:
-    """A prompt row (`prompt`, `objects`, `relations`) with every relation reversed, text and structure alike: the
-    description that an image showing the row's scene with every stated side swapped would match. None when the
-    row states no relation or one that is not positional (its wording has no single word to swap)."""
-    relations = row.get("relations") or []
-    if not relations or any(r["type"] not in POSITIONAL for r in relations):
-        return None
-
-    def swap(m: re.Match) -> str:
-        word = POSITION_OPPOSITES[m.group(0).lower()]
-        return word.capitalize() if m.group(0)[0].isupper() else word
-
-    return {**row, "prompt": _POSITION_WORD.sub(swap, row["prompt"]),
-            "relations": [{**r, "type": CONVERSE[r["type"]]} for r in relations]}

@@ -226,48 +226,6 @@ def test_learner_fm_objective_pulls_toward_good_samples_and_away_from_bad(ray_lo
         close(group, pg)
 
 
-def test_a_selection_prompt_trains_the_samples_under_that_prompt(ray_local, data, one_torch_thread):
-    """TrainSelection.prompt (grpo.mirror_groups): an nft update on a trajectory with another prompt given is the
-    update on the same latents sampled under that prompt, bit for bit; the likelihood ratio refuses it."""
-    import dataclasses
-
-    from spatialrl.flux.evaluation import read_prompts
-
-    rows = read_prompts(str(data / "prompts_train.jsonl"))[:2]
-    cfg = GRPOLearnerConfig(objective="nft", fm_timesteps=2, lr=3e-3, timestep_fraction=0.5)
-    sampler = FluxSampler(SCFG)
-    traj = sampler.sample([rows[0]["prompt"]], prompt_ids=[0], seed=3)
-    relabelled = dataclasses.replace(traj, prompts=[rows[1]["prompt"]])
-    adv = np.array([1.0, -1.0, 0.5, -0.5], np.float32)
-    states = []
-    for trajectory, prompt in ((traj, rows[1]["prompt"]), (relabelled, None)):
-        group, pg = learner_group(1, cfg, SCFG)
-        try:
-            start = ray_local.get(group.lora_state_ref())
-            group.train_step([ray_local.put(trajectory)], [TrainSelection(np.arange(G), adv, prompt=prompt)])
-            states.append(ray_local.get(group.lora_state_ref()))
-            assert lora_diff(states[-1], start) > 0
-        finally:
-            close(group, pg)
-    assert lora_diff(states[0], states[1]) == 0.0
-    group, pg = learner_group(1, GRPOLearnerConfig(), SCFG)
-    try:
-        with pytest.raises(Exception, match="mirror_groups"):
-            group.train_step([ray_local.put(traj)], [TrainSelection(np.arange(G), adv, prompt=rows[1]["prompt"])])
-    finally:
-        close(group, pg)
-
-
-def test_mirrored_groups_run_and_are_counted(ray_local, data, tmp_path, one_torch_thread):
-    """grpo.mirror_groups: every easy-world group is scored again under its mirrored prompt and trained with it."""
-    out = tmp_path / "mirror"
-    assert grpo_job.main(job_args(data, out, "learner.objective=nft", "grpo.mirror_groups=true", "grpo.steps=2",
-                                  "grpo.eval_prompts=0", "grpo.top_k=0")) == 0
-    rows = rows_of(out)
-    assert [r["mirror/groups"] for r in rows] == [2.0, 2.0]  # grpo.prompts_per_step groups, each mirrored
-    assert [r["topk/kept_groups"] for r in rows] == [4, 4]  # SpatialScore's scores never tie: all four trained
-
-
 def test_learner_objective_is_checked():
     from spatialrl.config import ConfigError
 
@@ -279,10 +237,6 @@ def test_learner_objective_is_checked():
         GRPOLearnerConfig(objective="nft", epochs=0).validate()
     from spatialrl.grpo.config import GRPOJobConfig
 
-    mirror = GRPOJobConfig()
-    mirror.data.prompts, mirror.grpo.mirror_groups = "p.jsonl", True
-    with pytest.raises(ConfigError, match="mirror_groups"):
-        mirror.validate()
     ode = GRPOJobConfig()
     ode.data.prompts, ode.sampler.noise_level = "prompts.jsonl", 0.0
     with pytest.raises(ConfigError, match="noise_level must be > 0 for learner.objective=grpo"):

@@ -32,11 +32,6 @@ class GRPOLoopConfig:
     eval_images_per_prompt: int = 2
     eval_every: int = 0  # also evaluate the held-out prompts every N steps (eval.json "step_N", eval/* metrics); 0 = off
     max_retries: int = 3  # re-dispatches of one group after actor failures before the job gives up
-    # mirrored groups: each group's images are scored again against its prompt with every positional relation
-    # reversed (data_pipeline.prompts.mirrored) and trained as one more group with that prompt, so the images
-    # whose sides came out wrong are the good samples of the reversed prompt, and the rest its bad ones: a second,
-    # side-by-side contrast from the same samples, for one more reward call and learner pass (fm / nft objectives)
-    mirror_groups: bool = False
     # reward-hacking monitor: over the last hack_window steps, the reward's trend t >= hack_z while the verifier's
     # relation accuracy on the same rollouts does not rise -> metric monitor/hacking = 1, a warning, the summary
     hack_window: int = 10
@@ -120,9 +115,6 @@ class GRPOJobConfig:
                               "log-probs); fm and nft train on final latents and take ODE rollouts (noise_level 0)")
         if self.sampler.group_size < 2:
             raise ConfigError(f"sampler.group_size={self.sampler.group_size}: GRPO needs groups of >= 2 images")
-        if self.grpo.mirror_groups and self.learner.objective == "grpo":
-            raise ConfigError("grpo.mirror_groups trains images under prompts that did not sample them: use "
-                              "learner.objective fm or nft (the likelihood ratio needs the sampling prompt)")
         if self.grpo.top_k and 2 * self.grpo.top_k >= self.sampler.group_size:
             print(f"note: grpo.top_k={self.grpo.top_k} keeps whole groups of {self.sampler.group_size} "
                   f"(Top-k filters only when group_size > 2k)", file=sys.stderr)

@@ -109,7 +109,6 @@ class TrainSelection:
 
     indices: np.ndarray  # [K] int: image indices into the trajectory
     advantages: np.ndarray  # [K] float32
-    prompt: str | None = None  # train the samples under this prompt instead of the trajectory's (mirrored groups)
 
 
 def deepspeed_config(cfg: GRPOLearnerConfig, micro_batch: int, world_size: int, bf16: bool) -> dict:
@@ -252,10 +251,6 @@ class GRPOLearner:
         cache: dict[int, tuple] = {}
         chunks = np.array_split(np.arange(len(mine)), self.cfg.updates_per_step) * self.cfg.epochs
         grad_norms, n_trained = [], []
-        if self.cfg.objective == "grpo" and any(s.prompt is not None for s in selections):
-            raise ValueError("a selection with its own prompt (grpo.mirror_groups) needs learner.objective fm or nft: "
-                             "the likelihood ratio scores the transitions under the prompt that sampled them")
-        self._prompts = [s.prompt for s in selections]
         self._step_start = self.updates  # nft: the draws stay fixed over the passes, v_old is the sampling policy's
         self._v_old = {}
         self._train_chunks(chunks, mine, trajectories, n_samples, cache, sums, ratio_max, grad_norms, n_trained)
@@ -324,15 +319,12 @@ class GRPOLearner:
         if traj is None:
             raise ValueError(f"rank {self.rank} trains trajectory {t} but was not given it")
         if t not in cache:
-            cache[t] = self._conditioning(traj, self._prompts[t])
+            cache[t] = self._conditioning(traj)
         return traj, cache[t]
 
-    def _conditioning(self, traj: Trajectory, prompt: str | None = None):
-        """The text conditioning of `traj`'s prompts, or of `prompt` for every sample (one-prompt trajectories)."""
+    def _conditioning(self, traj: Trajectory):
         self.policy.check_made_here(traj)  # samplers and learner must share resolution and guidance
-        if prompt is not None and len(traj.prompts) != 1:
-            raise ValueError(f"a prompt override needs a one-prompt trajectory; this one has {len(traj.prompts)}")
-        embeds, pooled, text_ids = self.policy.encode([prompt] if prompt is not None else traj.prompts)
+        embeds, pooled, text_ids = self.policy.encode(traj.prompts)  # [P, L, D], [P, Dp], [L, 3]
         h, w = self.policy.latent_size(traj.resolution)
         img_ids = latent_image_ids(h // 2, w // 2, device=self.policy.device, dtype=embeds.dtype)
         return embeds, pooled, text_ids, img_ids
