@@ -38,9 +38,9 @@ class RewardConfig:
     # by place and with both named objects drawn in their shapes ("the red circle left of the blue square" fails
     # when the red thing is a square), so no relation is paid for a lost shape; verifier_dense: the mean of
     # verifier_strict and verifier_margin (pass / fail as stated, plus how far each relation is from flipping, so
-    # images that pass the same relations still differ, and a wrong side nearly right pays more); colour: how far the pixels lean
-    # toward `colour`, a reward built to be hacked (it pays for paint, not layout), for testing the reward-hacking
-    # monitor
+    # images that pass the same relations still differ, and a wrong side nearly right pays more); colour: how far
+    # the pixels lean toward `colour`, a reward built to be hacked (it pays for paint, not layout), for testing the
+    # reward-hacking monitor
     source: Literal[SOURCES] = "spatialscore"
     margin_scale: float = 4.0  # verifier_margin: a margin this many decisive margins wide (the world's) pays 1
     colour: str = "red"  # reward.source=colour: a colour of the world's palette
