@@ -144,6 +144,18 @@ def datasets(cfg: TrainRewardConfig) -> dict:
     return {"train": train, "val": val}
 
 
+def ingest_options():
+    """Ray Train's ingest options with `preserve_order`: the preprocessing actors' batches then reach the
+    streaming split in file order, and the split (which gives the next batch to the rank holding the fewest rows)
+    hands every rank the same pairs in the same order on every run. Without it the order follows which actor
+    finishes first, and the same command trained different adapters (bench/RESULTS.md, 2026-12-06)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def plot_curves(metrics_path: Path, out_png: Path) -> None:
     """training loss, and pairwise accuracy (running on train, and on the validation split) per step."""
     plot_metrics(metrics_path, out_png, [("loss", [("loss/reward", "train loss")]),
@@ -155,7 +167,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
 def run(cfg: TrainRewardConfig, out: Path) -> dict:
     """Train into the run folder `out` (jobs.train_reward's prepare_out made it); returns the final metrics.
     Assumes Ray is initialised."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from data_pipeline.dataset_io import check_dataset
@@ -175,6 +187,7 @@ def run(cfg: TrainRewardConfig, out: Path) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets(cfg),
+        dataset_config=DataConfig(execution_options=ingest_options()),
     )
     result = trainer.fit()
     if result.error:

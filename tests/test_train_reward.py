@@ -1,7 +1,8 @@
 """jobs.train_reward on a real local Ray: Ray Train + DeepSpeed ZeRO-2 over gloo with 2 CPU workers (ray tier).
 
 One run trains two epochs while the test SIGKILLs a training worker in the second epoch, after the first
-checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once); another stops after one epoch and is continued with --resume.
+checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once); another stops after
+one epoch and is continued with --resume, and the same one-epoch command run twice trains the same adapter.
 """
 
 import json
@@ -77,6 +78,15 @@ def test_resume_continues_and_adapter_loads_in_stock_peft(data, tmp_path):
     run = tmp_path / "run"
     assert train(COMMON + ["--data", str(data), "--out", str(run), "--set", "epochs=1"]) == 0
     first = read_metrics(run)
+    first_adapter = load_file(run / "final" / "adapter_model.safetensors")
+    # the same command again gives the same adapter to the bit: every rank gets the same pairs in the same order
+    # (the ingest keeps the preprocessing actors' order; without it which actor finished first decided)
+    again = tmp_path / "again"
+    assert train(COMMON + ["--data", str(data), "--out", str(again), "--set", "epochs=1"]) == 0
+    second_adapter = load_file(again / "final" / "adapter_model.safetensors")
+    assert first_adapter.keys() == second_adapter.keys()
+    assert all(torch.equal(first_adapter[k], second_adapter[k]) for k in first_adapter)
+    assert any(v.abs().sum() > 0 for k, v in first_adapter.items() if "lora_B" in k)  # it trained
     assert train(COMMON + ["--data", str(data), "--out", str(run), "--set", "epochs=2"]) == 2  # refuses to clobber
     assert train(COMMON + ["--data", str(data), "--out", str(run), "--set", "epochs=2", "--resume"]) == 0
     rows = read_metrics(run)
