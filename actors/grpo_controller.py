@@ -30,7 +30,7 @@ from actors.learner_actor import JobStopped, LearnerGroup
 from actors.reward_actor import RewardActor, reward_actor_name
 from actors.sampler_actor import make_sampler_actor, sampler_actor_name
 from cluster.resources import actor_options, check_available, reserve
-from spatialrl.flux.evaluation import image_grid, read_prompts
+from spatialrl.flux.evaluation import image_grid, ranking_agreement, read_prompts
 from spatialrl.grpo.config import GRPOJobConfig
 from spatialrl.grpo.learner import TrainSelection
 from spatialrl.grpo.math import decline_signal, hacking_signal, topk_filter
@@ -388,6 +388,11 @@ class GRPOController:
                 out[key] = round(float(np.nanmean(v)), 4)
                 # per image, in a fixed order (same prompts and seeds for every version): paired comparisons
                 out[f"{key}_per_image"] = [None if np.isnan(x) else round(float(x), 4) for x in v]
+        if not (np.isnan(cat["spatialscore"]).all() or np.isnan(cat["relation_accuracy"]).all()):
+            # does SpatialScore still order this policy's images of one prompt the way the verifier does?
+            share, pairs = ranking_agreement(cat["spatialscore"].tolist(), cat["relation_accuracy"].tolist(), k)
+            if pairs:
+                out["spatialscore_agreement"], out["spatialscore_agreement_pairs"] = round(share, 4), pairs
         return out
 
     # ----------------------------------------------------------------------------------- files and resume

@@ -280,11 +280,14 @@ def grpo_summary(run: Path) -> dict:
         presence_gain = final.get("object_presence", 0) - base.get("object_presence", 0)
         presence_se = float("nan")
     side = ("spatialscore", "relation_accuracy", "object_presence")
+    agreement = {k: v["spatialscore_agreement"] for k, v in (("base", base), ("after_grpo", final))
+                 if "spatialscore_agreement" in v}
     return {"steps": g["steps"], "held_out_prompts": base["prompts"], "images": base["images"],
             "base": {k: base.get(k) for k in side}, "after_grpo": {k: final.get(k) for k in side},
             "verifier_gain": round(gain, 4), "verifier_gain_se": round(se, 4),
             "presence_change": round(presence_gain, 4), "presence_change_se": round(presence_se, 4),
             "lora": str(run / "final"),
+            **({"spatialscore_agreement": agreement} if agreement else {}),
             "reward_hacking": g.get("reward_hacking")}
 
 
@@ -323,6 +326,11 @@ def summarize(out: Path, seconds: float, random_models: str = "") -> dict:
     lines.insert(1, "|---|---|---|---|---|")
     print("\n" + "\n".join(lines))
     print(f"({g['images']} held-out images of {g['held_out_prompts']} prompts, ODE, fixed seeds; gain paired per image)")
+    agree = g.get("spatialscore_agreement", {})
+    if "base" in agree and "after_grpo" in agree:
+        print(f"SpatialScore orders a prompt's held-out images as the verifier does in {pct(agree['base'])} of the pairs "
+              f"the verifier tells apart before GRPO, {pct(agree['after_grpo'])} after (its accuracy on the policy's "
+              "own images)")
     print(f"\nSpatialScore pairwise accuracy on the test split: {pct(r.get('accuracy'))} "
           f"(1-pert {pct(r.get('accuracy_1pert'))}, 2-3-pert {pct(r.get('accuracy_2to3pert'))}, {r.get('n_pairs')} pairs"
           + (f"; {pct(r.get('accuracy_missing_object'))} where the rejected image leaves an object out "

@@ -75,3 +75,9 @@ def test_demo_summary_prints_rounded_numbers_and_the_paired_gain(tmp_path, capsy
     assert "| base generator | 0.2014 | 0.5000 | 0.7500 |  |" in text
     assert "96.8% (1-pert 95.8%, 2-3-pert 99.3%, 504 pairs)" in text
     assert "4 held-out images of 2 prompts" in text
+    assert "spatialscore_agreement" not in s["grpo"] and "orders a prompt's" not in text  # the run did not record it
+    base["spatialscore_agreement"], final["spatialscore_agreement"] = 0.875, 0.5
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"steps": 3, "base": base, "final": final}))
+    s = demo.summarize(tmp_path, 12.0)
+    assert s["grpo"]["spatialscore_agreement"] == {"base": 0.875, "after_grpo": 0.5}
+    assert "as the verifier does in 87.5% of the pairs the verifier tells apart before GRPO, 50.0% after" in capsys.readouterr().out

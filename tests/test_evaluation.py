@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from spatialrl.flux.evaluation import paired_gain
+from spatialrl.flux.evaluation import paired_gain, ranking_agreement
 
 
 def test_paired_gain_by_hand():
@@ -16,6 +16,21 @@ def test_paired_gain_by_hand():
     assert paired_gain([None], [1.0])[2] == 0 and math.isnan(paired_gain([0.0], [1.0])[1])
     with pytest.raises(ValueError, match="not the same evaluation"):
         paired_gain([0, 1], [1])
+
+
+def test_ranking_agreement_by_hand():
+    # group 1: truths (1, 0.5, 0.5): pairs (0,1) and (0,2) differ; scores 3 > 1 agrees, 3 vs 3 ties (a half); the
+    # equal-truth pair (1,2) is not counted. group 2: truths (0, 1, None): pair (3,4) only, scores 2 > 0 disagree.
+    share, n = ranking_agreement([3, 1, 3, 2, 0, 5], [1, 0.5, 0.5, 0, 1, None], group_size=3)
+    assert n == 3 and share == pytest.approx(1.5 / 3)
+    share, n = ranking_agreement([0.2, 0.1], [1, 0], group_size=2)
+    assert (share, n) == (1.0, 1)
+    share, n = ranking_agreement([0.2, 0.1], [1, 1], group_size=2)  # nothing to order
+    assert n == 0 and math.isnan(share)
+    with pytest.raises(ValueError, match="groups of 4"):
+        ranking_agreement([1, 2, 3], [1, 2, 3], group_size=4)
+    with pytest.raises(ValueError, match="not the same images"):
+        ranking_agreement([1, 2], [1], group_size=2)
 
 
 def test_image_grid_places_images_row_major_with_white_gaps():

@@ -277,6 +277,13 @@ def test_full_run_writes_metrics_lora_and_reports(full_run, one_torch_thread):
     evals = json.loads((full_run / "eval.json").read_text())
     assert evals["base"]["policy_version"] == 0 and evals["final"]["policy_version"] == 4
     assert evals["base"]["images"] == 4
+    from spatialrl.flux.evaluation import ranking_agreement
+
+    for e in evals.values():  # SpatialScore's agreement with the verifier on the run's own images, when both scored
+        if "spatialscore_per_image" in e and "relation_accuracy_per_image" in e:
+            share, pairs = ranking_agreement(e["spatialscore_per_image"], e["relation_accuracy_per_image"], 2)
+            assert e.get("spatialscore_agreement_pairs", 0) == pairs
+            assert pairs == 0 or e["spatialscore_agreement"] == round(share, 4)
     assert list(evals) == ["base", "step_3", "final"] and evals["step_3"]["policy_version"] == 3  # grpo.eval_every=3
     assert rows[2]["eval/relation_accuracy"] == evals["step_3"]["relation_accuracy"]
     assert all("eval/relation_accuracy" not in r for r in rows if r["step"] != 3)

@@ -126,3 +126,34 @@ def paired_gain(before: list, after: list) -> tuple[float, float, int]:
         return mean, float("nan"), 1
     var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
     return mean, math.sqrt(var / n), n
+
+
+def ranking_agreement(scores: list, truth: list, group_size: int) -> tuple[float, int]:
+    """How well a reward orders the images of one prompt the way an independent check does: over every pair of
+    images in the same group (consecutive runs of `group_size`) whose `truth` differs, the share that `scores`
+    orders the same way (a tie in `scores` counts one half), and the number of such pairs. (nan, 0) when no pair's
+    truth differs; pairs with a None / NaN on either side are left out.
+
+    With SpatialScore as `scores` and the verifier's relation accuracy as `truth` on a GRPO run's held-out images,
+    this is the reward's accuracy on the policy's own images, which a reward model trained on rendered pairs can
+    lose as the policy moves (bench/RESULTS.md, 2026-12-06 evening)."""
+    if len(scores) != len(truth):
+        raise ValueError(f"{len(scores)} scores but {len(truth)} truths: not the same images")
+    if group_size < 2 or len(scores) % group_size:
+        raise ValueError(f"{len(scores)} images do not split into groups of {group_size}")
+
+    def ok(x) -> bool:
+        return x is not None and not math.isnan(float(x))
+
+    agree, n = 0.0, 0
+    for start in range(0, len(scores), group_size):
+        for i in range(start, start + group_size):
+            for j in range(i + 1, start + group_size):
+                if not (ok(scores[i]) and ok(scores[j]) and ok(truth[i]) and ok(truth[j])) or truth[i] == truth[j]:
+                    continue
+                n += 1
+                if scores[i] == scores[j]:
+                    agree += 0.5
+                elif (scores[i] > scores[j]) == (truth[i] > truth[j]):
+                    agree += 1
+    return (agree / n if n else float("nan")), n
