@@ -69,7 +69,9 @@ def generate(cfg: BuildDatasetConfig, out: Path) -> None:
     from cluster.runtime import cpu_bound_data_context
     from data_pipeline.pairs import make_pairs_batch
 
-    cpu_bound_data_context()
+    # shards in id order: without it a shard's rows (and so the order a reader streams them) follow which task
+    # finished first, and two builds of one config trained different reward models (bench/RESULTS.md, 2026-12-06)
+    cpu_bound_data_context().execution_options.preserve_order = True
     for split, n in split_sizes(cfg.pairs, cfg.splits).items():
         if n == 0:
             continue
