@@ -33,7 +33,7 @@ def flips_by_step(sampler: FluxSampler, rows: list[dict], continuations: int, no
     flips: dict[int, list[float]] = {k: [] for k in range(steps - 1)}
     for p, row in enumerate(rows):
         emb, pooled, text_ids = sampler.encode([row["prompt"]])
-        start = sampler._initial_noise([torch.Generator().manual_seed(seed + p)], np.zeros(1, int), h, w, False)
+        start = sampler.initial_noise([torch.Generator().manual_seed(seed + p)], np.zeros(1, int), h, w, False)
 
         def run(k: int, n: int) -> np.ndarray:  # SDE noise at step k only (k = -1: the ODE)
             x = start.expand(n, -1, -1).clone()  # [n, S, 64]

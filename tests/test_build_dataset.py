@@ -52,6 +52,12 @@ def test_same_seed_same_dataset(dataset, tmp_path):
     a = pads.dataset(str(dataset / "val")).to_table().sort_by("pair_id")
     b = pads.dataset(str(again / "val")).to_table().sort_by("pair_id")
     assert a.equals(b)
+    # and in id order across the shards, as the reward trainer streams them (files by name, rows in order)
+    import pyarrow.parquet as pq
+
+    for root in (dataset, again):
+        ids = [i for f in sorted((root / "train").glob("*.parquet")) for i in pq.read_table(f).column("pair_id").to_pylist()]
+        assert ids == sorted(ids) and len(ids) == 72
 
 
 def test_verifier_confirms_every_pair(dataset, tmp_path, capsys):

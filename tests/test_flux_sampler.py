@@ -214,6 +214,10 @@ def test_shared_versus_independent_initial_noise(sampler):
     assert torch.equal(ode.latents[0], ode.latents[1])  # same start, no SDE noise: identical images
     ode = shared.sample(PROMPTS[:1], seed=9, noise_level=0.0, shared_noise=False)  # what evaluation asks for
     assert torch.equal(ode.latents[:, 0], ind.latents[:3, 0]) and not torch.equal(ode.latents[0], ode.latents[1])
+    # the public starting noise is the start sample uses: image k of seed s draws from a generator seeded s + k
+    h, w = sampler.latent_size(sampler.cfg.resolution)
+    start = sampler.initial_noise([torch.Generator().manual_seed(9 + k) for k in range(6)], ind.group_index, h, w, False)
+    assert torch.equal(start, x0_ind)
 
 
 def test_deterministic_per_seed(sampler):

@@ -402,9 +402,11 @@ class FluxSampler:
 
     # ----------------------------------------------------------------------------------------- sampling
 
-    def _initial_noise(self, generators, group_index: np.ndarray, h: int, w: int, shared: bool) -> torch.Tensor:
-        """`[N, S, 64]` float32: one draw per image from its own generator, as FluxPipeline draws per generator;
-        `shared`: every image of a group starts from its group's first draw."""
+    def initial_noise(self, generators, group_index: np.ndarray, h: int, w: int, shared: bool) -> torch.Tensor:
+        """`[N, S, 64]` float32 packed starting latents for an `h` x `w` latent: one draw per image from its own
+        generator, as FluxPipeline draws per generator; `shared`: every image of a group (`group_index` `[N]`,
+        sorted) starts from its group's first draw. `sample` starts here; so can an experiment that steps the
+        velocity itself (bench/side_decision.py)."""
         channels = self.transformer.config.in_channels // 4
         noise = [torch.randn((1, channels, h, w), generator=g, dtype=self.dtype) for g in generators]
         x0 = pack_latents(torch.cat(noise)).float()  # [N, S, 64]
@@ -456,7 +458,7 @@ class FluxSampler:
         except ValueError as e:
             raise ConfigError(f"sampler.noise_block={nb}: {e} (resolution {res})") from None
         shared = self.cfg.shared_noise_per_group if shared_noise is None else bool(shared_noise)
-        x0 = self._initial_noise(generators, group_index, h, w, shared)  # [N, S, 64]
+        x0 = self.initial_noise(generators, group_index, h, w, shared)  # [N, S, 64]
         latents = torch.empty((n, steps + 1, *x0.shape[1:]), dtype=torch.float32)  # [N, T + 1, S, 64]
         latents[:, 0] = x0
         log_probs = torch.full((n, steps), float("nan"))  # [N, T]
