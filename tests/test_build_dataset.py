@@ -56,7 +56,8 @@ def test_same_seed_same_dataset(dataset, tmp_path):
     import pyarrow.parquet as pq
 
     for root in (dataset, again):
-        ids = [i for f in sorted((root / "train").glob("*.parquet")) for i in pq.read_table(f).column("pair_id").to_pylist()]
+        shards = sorted((root / "train").glob("*.parquet"))
+        ids = [i for f in shards for i in pq.read_table(f).column("pair_id").to_pylist()]
         assert ids == sorted(ids) and len(ids) == 72
 
 

@@ -80,4 +80,5 @@ def test_demo_summary_prints_rounded_numbers_and_the_paired_gain(tmp_path, capsy
     (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"steps": 3, "base": base, "final": final}))
     s = demo.summarize(tmp_path, 12.0)
     assert s["grpo"]["spatialscore_agreement"] == {"base": 0.875, "after_grpo": 0.5}
-    assert "as the verifier does in 87.5% of the pairs the verifier tells apart before GRPO, 50.0% after" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "as the verifier does in 87.5% of the pairs the verifier tells apart before GRPO, 50.0% after" in text
