@@ -388,11 +388,11 @@ class GRPOController:
                 out[key] = round(float(np.nanmean(v)), 4)
                 # per image, in a fixed order (same prompts and seeds for every version): paired comparisons
                 out[f"{key}_per_image"] = [None if np.isnan(x) else round(float(x), 4) for x in v]
-        if not (np.isnan(cat["spatialscore"]).all() or np.isnan(cat["relation_accuracy"]).all()):
-            # does SpatialScore still order this policy's images of one prompt the way the verifier does?
-            share, pairs = ranking_agreement(cat["spatialscore"].tolist(), cat["relation_accuracy"].tolist(), k)
-            if pairs:
-                out["spatialscore_agreement"], out["spatialscore_agreement_pairs"] = round(share, 4), pairs
+        # does SpatialScore still order this policy's images of one prompt the way the verifier does? (no pairs
+        # where either was not scored: ranking_agreement leaves NaNs out)
+        share, pairs = ranking_agreement(cat["spatialscore"].tolist(), cat["relation_accuracy"].tolist(), k)
+        if pairs:
+            out["spatialscore_agreement"], out["spatialscore_agreement_pairs"] = round(share, 4), pairs
         return out
 
     # ----------------------------------------------------------------------------------- files and resume

@@ -75,6 +75,14 @@ def publish_out_dir(staging: Path, out: Path) -> Path:
     return atomic.publish_dir(staging, out)
 
 
+def write_split(ds, dest: Path, min_rows_per_file: int, **kwargs) -> None:
+    """Write the Ray Dataset `ds` of pair rows as one split's Parquet shards, in the rows' order: without
+    `preserve_order` a shard's rows (and so the order the reward trainer streams them) follow which task finished
+    first, and two builds of one config trained different reward models (bench/RESULTS.md, 2026-12-06)."""
+    ds.context.execution_options.preserve_order = True
+    ds.write_parquet(str(dest), min_rows_per_file=min_rows_per_file, **kwargs)
+
+
 def split_dir(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / split
 

@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from data_pipeline.dataset_io import PAIR_SCHEMA
+from data_pipeline.dataset_io import PAIR_SCHEMA, write_split
 from data_pipeline.pairs import PAIR_COLUMNS, SPLITS
 from data_pipeline.relations import RELATION_TYPES
 from data_pipeline.world import PALETTE, SHAPES
@@ -419,10 +419,11 @@ def _write_split(root: Path, pairs: list[dict], dest: Path) -> None:
     import ray
 
     ds = ray.data.from_items(pairs, override_num_blocks=math.ceil(len(pairs) / PAIRS_PER_BATCH))
-    ds.map_batches(
+    loaded = ds.map_batches(
         load_pairs_batch, fn_kwargs={"images_root": str(root)}, batch_format="pyarrow",
         batch_size=PAIRS_PER_BATCH, num_cpus=1,
-    ).write_parquet(str(dest), schema=PAIR_SCHEMA, min_rows_per_file=PAIRS_PER_FILE)
+    )
+    write_split(loaded, dest, PAIRS_PER_FILE, schema=PAIR_SCHEMA)
 
 
 def _by_reason(bad: list[tuple[RawRow, _Bad]]) -> Counter:

@@ -67,11 +67,10 @@ def generate(cfg: BuildDatasetConfig, out: Path) -> None:
     import ray
 
     from cluster.runtime import cpu_bound_data_context
+    from data_pipeline.dataset_io import write_split
     from data_pipeline.pairs import make_pairs_batch
 
-    # shards in id order: without it a shard's rows (and so the order a reader streams them) follow which task
-    # finished first, and two builds of one config trained different reward models (bench/RESULTS.md, 2026-12-06)
-    cpu_bound_data_context().execution_options.preserve_order = True
+    cpu_bound_data_context()
     for split, n in split_sizes(cfg.pairs, cfg.splits).items():
         if n == 0:
             continue
@@ -82,7 +81,7 @@ def generate(cfg: BuildDatasetConfig, out: Path) -> None:
             batch_size=cfg.pairs_per_block,
             num_cpus=1,
         )
-        ds.write_parquet(str(out / split), min_rows_per_file=cfg.pairs_per_block)
+        write_split(ds, out / split, cfg.pairs_per_block)
 
 
 def main(argv: list[str] | None = None) -> int:
