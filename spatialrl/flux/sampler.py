@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +95,8 @@ class FluxSamplerConfig:
     device: str = "auto"  # auto = cuda if visible, else cpu
     lora_rank: int = 64  # the adapter set_lora creates; must match the learner's
     lora_alpha: float = 128.0
+    # the module names the LoRA adapts (peft matches a name's end); default Flow-GRPO's Flux set
+    lora_targets: tuple[str, ...] = FLUX_LORA_TARGETS
     # torch.compile the transformer (the learner's policy copy reads the same field, so sampler and learner run one
     # path and the on-policy ratio stays exactly 1). Default off: compiling takes minutes at FLUX.1-dev shapes; pays
     # back over a run (1.38x per step measured on an H200). Graphs are static-shape (one per batch size met):
@@ -143,6 +146,11 @@ class FluxSamplerConfig:
             raise ConfigError(f"sampler.device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ConfigError("sampler.lora_rank must be >= 1 and sampler.lora_alpha > 0")
+        bad = [t for t in self.lora_targets if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", str(t))]
+        if not self.lora_targets or bad:
+            raise ConfigError(f"sampler.lora_targets={list(self.lora_targets)}: give one or more module names such as "
+                              f"{list(FLUX_LORA_TARGETS[:2])} (the default is {list(FLUX_LORA_TARGETS)})")
+        self.lora_targets = tuple(self.lora_targets)
         if self.attention_backend not in ("flash", "auto"):
             raise ConfigError(f"sampler.attention_backend={self.attention_backend!r}: use flash (pinned on CUDA) "
                               f"or auto (torch's choice)")
@@ -225,10 +233,15 @@ def attention_context(device_type: str, choice: str):
     return sdpa_kernel(backends)
 
 
-def add_flux_lora(transformer, rank: int, alpha: float) -> None:
+def add_flux_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...] = FLUX_LORA_TARGETS) -> None:
     """Put the project's LoRA (`flux_lora_config`, adapter `ADAPTER`) on a FluxTransformer2DModel: what the sampler
     and the learner train, also on a meta-device model (tests at FLUX.1-dev shapes)."""
-    transformer.add_adapter(flux_lora_config(rank, alpha), ADAPTER)
+    names = [n for n, _ in transformer.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        raise ConfigError(f"sampler.lora_targets: no module of the transformer is named {unmatched}; the default "
+                          f"targets are {list(FLUX_LORA_TARGETS)}")
+    transformer.add_adapter(flux_lora_config(rank, alpha, tuple(targets)), ADAPTER)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -399,6 +412,15 @@ class FluxSampler:
         image = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images `[B, H, W, 3]` -> packed latents `[B, S, 64]` (VAE encoder's mode, scaled: `decode`'s inverse
+        up to the VAE's reconstruction error). Float32 on CPU."""
+        px = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        z = self.vae.encode((px / 127.5 - 1).to(self.vae.dtype)).latent_dist.mode()
+        z = (z.float() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return pack_latents(z).float().cpu()
 
     # ----------------------------------------------------------------------------------------- sampling
 
@@ -586,7 +608,7 @@ class FluxSampler:
             missing, extra = sorted(self._lora_keys - given), sorted(given - self._lora_keys)
             raise ValueError(
                 f"LoRA state dict does not match the sampler's adapter: {len(missing)} missing (e.g. {missing[:3]}), "
-                f"{len(extra)} unexpected (e.g. {extra[:3]}). Targets: {list(FLUX_LORA_TARGETS)}"
+                f"{len(extra)} unexpected (e.g. {extra[:3]}). Targets: {list(self.cfg.lora_targets)}"
             )
         set_peft_model_state_dict(self.transformer, state_dict, adapter_name=ADAPTER)
         self.policy_version = int(version)
@@ -601,7 +623,7 @@ class FluxSampler:
             raise RuntimeError("this sampler already has a LoRA adapter; use set_lora to change its weights")
         if seed is not None:
             torch.manual_seed(int(seed))
-        add_flux_lora(self.transformer, self.cfg.lora_rank, self.cfg.lora_alpha)
+        add_flux_lora(self.transformer, self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
         self._lora_keys = set(get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER))
         self._adapter = "set"
 
