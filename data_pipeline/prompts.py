@@ -11,8 +11,6 @@ with each violated relation replaced by its converse.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from data_pipeline.relations import CONVERSE
@@ -143,19 +141,3 @@ class PromptWriter:
         if self.outro:
             parts.append(self.outro)
         return " ".join(parts), ends
-
-
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-
-
-def swap_left_right(text: str) -> str:
-    """`text` with every "left" and "right" swapped (case kept): the description of the image mirrored left to right,
-    for prompts whose only "left" / "right" are relation words, as in every template here (RELATION_TEMPLATES;
-    tests/test_prompts.py checks it against the writer's own flipped prompts)."""
-
-    def swap(m: re.Match) -> str:
-        found = m.group(0)
-        word = "right" if found.lower() == "left" else "left"
-        return word.upper() if found.isupper() else word.capitalize() if found[0].isupper() else word
-
-    return _LEFT_RIGHT.sub(swap, text)

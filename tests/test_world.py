@@ -323,28 +323,3 @@ def test_prompt_clause_ends_mark_each_relation_sentence():
                 # the sentence names both of its objects by colour
                 assert writer.name(rel.subject).split()[1] in sentence and writer.name(rel.object).split()[1] in sentence
         checked += 1
-
-
-def test_swap_left_right_is_the_writers_own_prompt_with_the_horizontal_relations_reversed():
-    """The mirror augmentation's prompt (`learner.flip_augment`): swapping "left" and "right" gives exactly the text
-    the writer writes with every left / right relation reversed and the vertical ones as they were."""
-    from data_pipeline.prompts import PromptWriter, swap_left_right
-    from data_pipeline.world import load_world_preset, sample_relations, sample_scene
-
-    rng = np.random.default_rng(5)
-    checked = 0
-    for preset in ("configs/dataset_easy.yaml", "configs/dataset_default.yaml"):
-        world = load_world_preset(preset)
-        for _ in range(200):
-            scene, m = sample_scene(rng, world)
-            relations = sample_relations(rng, scene, m, world)
-            if not relations:
-                continue
-            writer = PromptWriter(rng, scene, relations)
-            horizontal = {i for i, r in enumerate(relations) if r.type in ("left_of", "right_of")}
-            if any(r.type not in ("left_of", "right_of", "above", "below") for r in relations):
-                continue  # the default world's depth / size relations have no mirror word to swap
-            assert swap_left_right(writer.write()) == writer.write(horizontal)
-            checked += 1
-    assert checked > 100
-    assert swap_left_right("Left of it; right, LEFT; leftover upright") == "Right of it; left, RIGHT; leftover upright"

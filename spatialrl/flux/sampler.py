@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +52,20 @@ FLUX_LORA_TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+)
+# Every Linear of a FluxTransformer2DModel, whatever its size (its blocks' names without the block index:
+# tests/test_flux_sampler.py checks the list against the real class): what `sampler.lora_targets` may name, each
+# target matching a module whose name is the target or ends in "." + target.
+FLUX_LINEAR_MODULES = (
+    "x_embedder", "context_embedder", "proj_out", "norm_out.linear",
+    *(f"time_text_embed.{e}.linear_{i}" for e in ("guidance_embedder", "text_embedder", "timestep_embedder")
+      for i in (1, 2)),
+    *(f"transformer_blocks.attn.{m}" for m in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                               "add_v_proj", "to_add_out")),
+    *(f"transformer_blocks.{m}" for m in ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+                                          "norm1.linear", "norm1_context.linear")),
+    *(f"single_transformer_blocks.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v", "norm.linear", "proj_mlp",
+                                                 "proj_out")),
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ADAPTER = "default"
@@ -146,10 +159,12 @@ class FluxSamplerConfig:
             raise ConfigError(f"sampler.device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ConfigError("sampler.lora_rank must be >= 1 and sampler.lora_alpha > 0")
-        bad = [t for t in self.lora_targets if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", str(t))]
+        bad = [t for t in self.lora_targets if not isinstance(t, str)
+               or not any(m == t or m.endswith("." + t) for m in FLUX_LINEAR_MODULES)]
         if not self.lora_targets or bad:
-            raise ConfigError(f"sampler.lora_targets={list(self.lora_targets)}: give one or more module names such as "
-                              f"{list(FLUX_LORA_TARGETS[:2])} (the default is {list(FLUX_LORA_TARGETS)})")
+            raise ConfigError(f"sampler.lora_targets={list(self.lora_targets)}: {bad or 'none given'} names no Linear "
+                              f"of the Flux transformer; give names such as {list(FLUX_LORA_TARGETS[:4])} (the default "
+                              f"is Flow-GRPO's {list(FLUX_LORA_TARGETS)})")
         self.lora_targets = tuple(self.lora_targets)
         if self.attention_backend not in ("flash", "auto"):
             raise ConfigError(f"sampler.attention_backend={self.attention_backend!r}: use flash (pinned on CUDA) "
@@ -412,15 +427,6 @@ class FluxSampler:
         image = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-    @torch.no_grad()
-    def encode_images(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images `[B, H, W, 3]` -> packed latents `[B, S, 64]` (VAE encoder's mode, scaled: `decode`'s inverse
-        up to the VAE's reconstruction error). Float32 on CPU."""
-        px = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
-        z = self.vae.encode((px / 127.5 - 1).to(self.vae.dtype)).latent_dist.mode()
-        z = (z.float() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-        return pack_latents(z).float().cpu()
 
     # ----------------------------------------------------------------------------------------- sampling
 

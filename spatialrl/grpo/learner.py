@@ -22,7 +22,6 @@ Weights leave as a peft state dict of the LoRA (`lora_state`), tagged with a ver
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from spatialrl.config import ConfigError
-from spatialrl.flux.math import kl_std, latent_image_ids, pack_latents, unpack_latents
+from spatialrl.flux.math import kl_std, latent_image_ids
 from spatialrl.flux.sampler import ADAPTER, FluxSampler, FluxSamplerConfig, Trajectory, flux_lora_config
 from spatialrl.deepspeed_config import deepspeed_config as shared_deepspeed_config, skip_cpu_shm_op
 from spatialrl.grpo.math import (clipped_policy_loss, nft_loss, noised_latents, optimality, sde_kl, trained_steps,
@@ -71,12 +70,6 @@ class GRPOLearnerConfig:
     # the prompt's image distribution). rollout: the sample's own starting noise (as in reflow), so a good image
     # pulls, and a bad one pushes, the velocity along the path its own start took: credit to that start's layout
     fm_noise: str = "fresh"
-    # fm / nft: also train every kept sample mirrored left to right, with the same advantage, under its prompt with
-    # "left" and "right" swapped (data_pipeline.prompts.swap_left_right): the image decoded, flipped and encoded
-    # again by the VAE (a flipped latent is not the latent of the flipped image). A world without a preferred side
-    # makes the mirrored sample as good or as bad as the original, and the pair tells the policy that a side follows
-    # the relation word, not the objects. Only for prompts whose only "left" / "right" are the relations' words.
-    flip_augment: bool = False
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -99,9 +92,6 @@ class GRPOLearnerConfig:
                               "own starting noise)")
         if self.epochs < 1:
             raise ConfigError(f"learner.epochs={self.epochs}: need at least 1 pass over each step's samples")
-        if self.flip_augment and self.objective == "grpo":
-            raise ConfigError("learner.flip_augment trains mirrored images the sampler never drew: use learner.objective "
-                              "fm or nft (the likelihood ratio needs the sampled transitions)")
         if not self.nft_beta > 0:
             raise ConfigError(f"learner.nft_beta={self.nft_beta}: use a positive value (DiffusionNFT: 1 or 0.1)")
         if not 0 <= self.fm_negative_weight <= 1:
@@ -254,9 +244,6 @@ class GRPOLearner:
                 raise ValueError("GRPO needs SDE trajectories (noise_level > 0); got an ODE trajectory")
             if traj.batch_size != bs:
                 raise ValueError(f"a trajectory sampled in batches of {traj.batch_size}, told {bs}")
-        if self.cfg.flip_augment:
-            trajectories = list(trajectories) + [mirrored_trajectory(self.policy, traj) for traj in trajectories]
-            selections, batch_sizes = list(selections) * 2, list(batch_sizes) * 2
         mine, n_batches = self._micro_batches(batch_sizes, selections)
         n_samples = sum(len(s.indices) for s in selections)
         sums = torch.zeros(5, dtype=torch.float64)  # loss, ratio, clipped, kl (sums over samples), count
@@ -443,23 +430,6 @@ class GRPOLearner:
         with torch.no_grad():
             for n, p in self._lora_params():
                 self.ema[n].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
-
-
-@torch.no_grad()
-def mirrored_trajectory(sampler: FluxSampler, traj: Trajectory | None) -> Trajectory | None:
-    """`traj` mirrored left to right (`learner.flip_augment`): each final latent decoded, flipped and encoded again
-    (the VAE's mode: a flipped latent is not the flipped image's latent), the starting noise flipped, the prompts
-    with left and right swapped. Only what fm / nft read is kept (no images, the SDE log-probs as they were)."""
-    if traj is None:
-        return None
-    from data_pipeline.prompts import swap_left_right
-
-    h, w = sampler.latent_size(traj.resolution)
-    images = sampler.decode(traj.latents[:, -1], traj.resolution)[:, :, ::-1]  # [N, H, W, 3] uint8, flipped
-    latents = traj.latents.clone()
-    latents[:, -1] = sampler.encode_images(images).to(latents)
-    latents[:, 0] = pack_latents(torch.flip(unpack_latents(traj.latents[:, 0], h, w), dims=[3]))
-    return dataclasses.replace(traj, latents=latents, prompts=[swap_left_right(p) for p in traj.prompts], images=None)
 
 
 def _free_port() -> int:
