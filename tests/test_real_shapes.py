@@ -95,6 +95,9 @@ def test_role_memory_of_the_flux_dev_preset():
     for role in (s, l, r):
         assert role.total_bytes < 139 * GIB  # each fits one H200 at the preset's batch
     assert 55 * GIB < l.total_bytes < 65 * GIB
+    # sampler.lora_targets: only the queries of the 19 double and 38 single blocks, rank 64 on 3072 x 3072
+    cfg.sampler.lora_targets = ("attn.to_q",)
+    assert role_memory(cfg)["learner"].trainable_params == 57 * 64 * (3072 + 3072)
 
 
 def test_plan_prints_each_roles_memory_and_what_does_not_fit(capsys, tmp_path):

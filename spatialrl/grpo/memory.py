@@ -104,15 +104,17 @@ def count(module) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def flux_counts(folder: Path, rank: int, alpha: float) -> tuple[int, int, dict, dict]:
-    """(pipeline parameters with the LoRA, trainable LoRA parameters, transformer config, VAE config)."""
-    from spatialrl.flux.sampler import add_flux_lora
+def flux_counts(folder: Path, rank: int, alpha: float,
+                targets: tuple[str, ...] | None = None) -> tuple[int, int, dict, dict]:
+    """(pipeline parameters with the LoRA on `targets` (default the sampler's), trainable LoRA parameters, transformer
+    config, VAE config)."""
+    from spatialrl.flux.sampler import FLUX_LORA_TARGETS, add_flux_lora
 
     mods = flux_on_meta(folder)
     for module in mods.values():
         module.requires_grad_(False)
     tr = mods["transformer"]
-    add_flux_lora(tr, rank, alpha)
+    add_flux_lora(tr, rank, alpha, tuple(targets or FLUX_LORA_TARGETS))
     return (sum(count(m)[0] for m in mods.values()), count(tr)[1], dict(tr.config), dict(mods["vae"].config))
 
 
@@ -120,7 +122,8 @@ def flux_memory(folder, sampler_cfg, *, train: bool, world_size: int = 1) -> Rol
     """A sampler (train=False) or learner rank (train=True) replica of `sampler_cfg` on the models in `folder`."""
     from types import SimpleNamespace
 
-    params, trainable, tconf, vconf = flux_counts(Path(folder), sampler_cfg.lora_rank, float(sampler_cfg.lora_alpha))
+    params, trainable, tconf, vconf = flux_counts(Path(folder), sampler_cfg.lora_rank, float(sampler_cfg.lora_alpha),
+                                                  tuple(sampler_cfg.lora_targets))
     b = BYTES[sampler_cfg.dtype]
     c = SimpleNamespace(**tconf)
     h = int(c.num_attention_heads * c.attention_head_dim)
