@@ -154,7 +154,7 @@ class GRPOController:
             row["perf/images_per_s"] = len(groups) * self.cfg.sampler.group_size / max(row["time/step_s"], 1e-9)
             self._monitor(step, row)
             self.metrics.log(step, row)
-            print(_progress(step, g.steps, row), flush=True)
+            print(_progress(step, g.steps, row, self.cfg.learner.objective), flush=True)
             if step % g.grid_every == 0 or step == g.steps:
                 self._grid(step, groups)
             if step % g.save_every == 0 or step == g.steps:
@@ -169,7 +169,8 @@ class GRPOController:
         if self.eval_rows:
             evals["final"] = self.evaluate(version=self.version, state_ref=self.state_ref)
             self._write_json("eval.json", evals)
-        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", reward_name=self.cfg.reward.source)
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", reward_name=self.cfg.reward.source,
+                    objective=self.cfg.learner.objective, evals=evals, steps=g.steps)
         summary = {"steps": g.steps, "policy_version": self.version, "final_lora": str(final), **evals,
                    "reward_hacking": self._hacking_summary()}
         if self.hack_steps or self.presence_steps:
@@ -511,20 +512,33 @@ def _finite(x: float, cap: float = 1e6) -> float:
     return max(-cap, min(cap, float(x)))
 
 
-def _progress(step: int, steps: int, row: dict) -> str:
+def _progress(step: int, steps: int, row: dict, objective: str = "grpo") -> str:
+    """One console line per step. The likelihood ratio and its clip only mean something for `objective` grpo (fm and
+    nft train on final latents, where the ratio is 1 by construction): for those, rollout object presence instead."""
+    ratio = [("policy/ratio_mean", "ratio {:.5f}"), ("policy/clip_fraction", "clip {:.2f}")] if objective == "grpo" \
+        else [("verifier/object_presence", "presence {:.3f}")]
     parts = [f"step {step}/{steps}"]
     for key, fmt in (("reward/mean", "reward {:.3f}"), ("verifier/relation_accuracy", "verifier {:.3f}"),
-                     ("topk/kept_fraction", "kept {:.2f}"), ("policy/ratio_mean", "ratio {:.5f}"),
-                     ("policy/clip_fraction", "clip {:.2f}"), ("perf/images_per_s", "{:.1f} img/s"),
+                     ("topk/kept_fraction", "kept {:.2f}"), *ratio, ("perf/images_per_s", "{:.1f} img/s"),
                      ("time/step_s", "{:.1f} s")):
         if row.get(key) is not None:
             parts.append(fmt.format(row[key]))
     return " | ".join(parts)
 
 
-def plot_curves(metrics_path: Path, out_png: Path, reward_name: str = "spatialscore") -> None:
-    """reward, verifier relation accuracy and clip fraction per step; `reward_name` = what the reward is."""
+def plot_curves(metrics_path: Path, out_png: Path, reward_name: str = "spatialscore", objective: str = "grpo",
+                evals: dict | None = None, steps: int = 0) -> None:
+    """Per step: the reward (`reward_name` = what it is); the verifier's relation accuracy on the rollouts and on the
+    held-out prompts (`evals`, eval.json's dict: base at step 0, final at `steps`, `grpo.eval_every` between); the clip
+    fraction for `objective` grpo, else (fm / nft: the ratio is 1 by construction) the rollouts' object presence, the
+    shapes a reward can trade away, and the held-out one."""
+    held_out = [{"step": 0 if name == "base" else steps, **{f"eval/{k}": ev[k] for k in
+                 ("relation_accuracy", "object_presence") if isinstance(ev.get(k), (int, float))}}
+                for name, ev in (evals or {}).items() if name in ("base", "final")]
+    third = ("clip fraction", [("policy/clip_fraction", "clip")]) if objective == "grpo" else \
+        ("object presence", [("verifier/object_presence", "rollouts"), ("eval/object_presence", "held-out (ODE)")])
     plot_metrics(metrics_path, out_png, [(f"reward ({reward_name}) mean", [("reward/mean", "reward")]),
-                                         ("verifier relation accuracy", [("verifier/relation_accuracy", "verifier")]),
-                                         ("clip fraction", [("policy/clip_fraction", "clip")])],
-                 xlabel="GRPO step")
+                                         ("verifier relation accuracy", [("verifier/relation_accuracy", "rollouts"),
+                                                                         ("eval/relation_accuracy", "held-out (ODE)")]),
+                                         third],
+                 xlabel="GRPO step", extra_rows=held_out)

@@ -188,10 +188,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def plot_metrics(metrics_path: str | Path, out_png: str | Path, panels: list[tuple[str, list[tuple[str, str]]]],
-                 *, xlabel: str = "step", ylims: dict[str, tuple[float, float]] | None = None) -> bool:
+                 *, xlabel: str = "step", ylims: dict[str, tuple[float, float]] | None = None,
+                 extra_rows: list[dict] | None = None) -> bool:
     """The one curve plotter: one panel per (title, [(key, label), ...]); each series is drawn over the rows that
-    have its key (train and validation rows can share a file). Writes `out_png`; False when there is no row."""
-    rows = read_metrics(metrics_path)
+    have its key (train and validation rows can share a file), in step order; `extra_rows` are drawn as if they were
+    in the file (points measured outside the loop, e.g. before its first step). Writes `out_png`; False when there is
+    no row."""
+    rows = read_metrics(metrics_path) + list(extra_rows or [])
     if not rows:
         return False
     import matplotlib
@@ -202,7 +205,8 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path, panels: list[tup
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.5), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         for key, label in series:
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            pts = sorted(((r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))),
+                         key=lambda p: p[0])
             if pts:
                 ax.plot(*zip(*pts), marker="." if len(pts) < 60 else None, label=label)
         if len(series) > 1:
