@@ -54,8 +54,8 @@ FLUX_LORA_TARGETS = (
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
 )
 # Every Linear of a FluxTransformer2DModel, whatever its size (its blocks' names without the block index:
-# tests/test_flux_sampler.py checks the list against the real class): what `sampler.lora_targets` may name, each
-# target matching a module whose name is the target or ends in "." + target.
+# tests/test_flux_sampler.py checks the list against the real class): what `sampler.lora_targets` may name
+# (`unmatched_targets`).
 FLUX_LINEAR_MODULES = (
     "x_embedder", "context_embedder", "proj_out", "norm_out.linear",
     *(f"time_text_embed.{e}.linear_{i}" for e in ("guidance_embedder", "text_embedder", "timestep_embedder")
@@ -67,6 +67,15 @@ FLUX_LINEAR_MODULES = (
     *(f"single_transformer_blocks.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v", "norm.linear", "proj_mlp",
                                                  "proj_out")),
 )
+
+
+def unmatched_targets(targets, module_names) -> list:
+    """The LoRA targets that name none of `module_names`, as peft matches them: a target names a module whose name
+    is the target or ends in "." + target."""
+    return [t for t in targets
+            if not isinstance(t, str) or not any(n == t or n.endswith("." + t) for n in module_names)]
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ADAPTER = "default"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -159,8 +168,7 @@ class FluxSamplerConfig:
             raise ConfigError(f"sampler.device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ConfigError("sampler.lora_rank must be >= 1 and sampler.lora_alpha > 0")
-        bad = [t for t in self.lora_targets if not isinstance(t, str)
-               or not any(m == t or m.endswith("." + t) for m in FLUX_LINEAR_MODULES)]
+        bad = unmatched_targets(self.lora_targets, FLUX_LINEAR_MODULES)
         if not self.lora_targets or bad:
             raise ConfigError(f"sampler.lora_targets={list(self.lora_targets)}: {bad or 'none given'} names no Linear "
                               f"of the Flux transformer; give names such as {list(FLUX_LORA_TARGETS[:4])} (the default "
@@ -251,8 +259,7 @@ def attention_context(device_type: str, choice: str):
 def add_flux_lora(transformer, rank: int, alpha: float, targets: tuple[str, ...] = FLUX_LORA_TARGETS) -> None:
     """Put the project's LoRA (`flux_lora_config`, adapter `ADAPTER`) on a FluxTransformer2DModel: what the sampler
     and the learner train, also on a meta-device model (tests at FLUX.1-dev shapes)."""
-    names = [n for n, _ in transformer.named_modules()]
-    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    unmatched = unmatched_targets(targets, [n for n, _ in transformer.named_modules()])
     if unmatched:
         raise ConfigError(f"sampler.lora_targets: no module of the transformer is named {unmatched}; the default "
                           f"targets are {list(FLUX_LORA_TARGETS)}")

@@ -104,17 +104,15 @@ def count(module) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def flux_counts(folder: Path, rank: int, alpha: float,
-                targets: tuple[str, ...] | None = None) -> tuple[int, int, dict, dict]:
-    """(pipeline parameters with the LoRA on `targets` (default the sampler's), trainable LoRA parameters, transformer
-    config, VAE config)."""
-    from spatialrl.flux.sampler import FLUX_LORA_TARGETS, add_flux_lora
+def flux_counts(folder: Path, rank: int, alpha: float, targets: tuple[str, ...]) -> tuple[int, int, dict, dict]:
+    """(pipeline parameters with the LoRA on `targets`, trainable LoRA parameters, transformer config, VAE config)."""
+    from spatialrl.flux.sampler import add_flux_lora
 
     mods = flux_on_meta(folder)
     for module in mods.values():
         module.requires_grad_(False)
     tr = mods["transformer"]
-    add_flux_lora(tr, rank, alpha, tuple(targets or FLUX_LORA_TARGETS))
+    add_flux_lora(tr, rank, alpha, targets)
     return (sum(count(m)[0] for m in mods.values()), count(tr)[1], dict(tr.config), dict(mods["vae"].config))
 
 
