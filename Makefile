@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_DEDUP_LOGS := 1
 
-.PHONY: setup test test-all test-slow test-gpu chaos-test cluster-test plan-check demo demo-control demo-from-scratch bench-data clean
+.PHONY: setup test test-all test-slow test-gpu chaos-test cluster-test plan-check demo demo-control demo-long demo-from-scratch bench-data clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -43,6 +43,11 @@ demo: setup
 ## the demo plus its RL control (GRPO with the verifier as the reward), into runs/demo/control/
 demo-control: setup
 	$(PY) -m jobs.demo --out runs/demo --control
+
+## the demo with 100 GRPO steps instead of 15 (about 25 min on 2 cores), into runs/demo-long/: the held-out curve
+## every 20 steps, past the point where the wrong sides start to move (bench/RESULTS.md, "Longer GRPO")
+demo-long: setup
+	$(PY) -m jobs.demo --out runs/demo-long --set grpo.steps=100 --set grpo.eval_every=20
 
 ## the same, but also reruns the two pretraining jobs instead of using assets/tiny-pretrained/
 demo-from-scratch: setup

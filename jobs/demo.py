@@ -28,6 +28,7 @@ has five more stages between them (assets/tiny-pretrained/flux/RECIPE.md).
 
     python -m jobs.demo --out runs/demo [--pairs 2100] [--force] [--from-scratch] [--control] [--dry-run]
     python -m jobs.demo --control --set grpo.steps=10 --set sampler.num_steps=6   # GRPO keys reach both GRPO runs
+    python -m jobs.demo --out runs/demo-long --set grpo.steps=100 --set grpo.eval_every=20   # make demo-long
 """
 
 from __future__ import annotations
