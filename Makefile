@@ -44,7 +44,7 @@ demo: setup
 demo-control: setup
 	$(PY) -m jobs.demo --out runs/demo --control
 
-## the demo with 100 GRPO steps instead of 15 (about 25 min on 2 cores), into runs/demo-long/: the held-out curve
+## the demo with 100 GRPO steps instead of 15 (about 22 min on 2 cores), into runs/demo-long/: the held-out curve
 ## every 20 steps, past the point where the wrong sides start to move (bench/RESULTS.md, "Longer GRPO")
 demo-long: setup
 	$(PY) -m jobs.demo --out runs/demo-long --set grpo.steps=100 --set grpo.eval_every=20
