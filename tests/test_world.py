@@ -2,6 +2,8 @@
 
 import io
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -138,12 +140,12 @@ def decode(b):
     return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
 
 
-@pytest.mark.parametrize("preset,n", [("configs/dataset_default.yaml", 2000), ("configs/dataset_easy.yaml", 600)])
-def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
+def _check_pairs(preset, indices):
+    """Checks pairs `indices` of the preset's world; returns (perturbation levels seen, pairs with an object left out)."""
     world = _world(preset)
     margins = margins_for(world.canvas, world)
     levels, left_out = set(), 0
-    for i in range(n):
+    for i in indices:
         row = make_pair(i, 123, "train", world)
         info = json.loads(row["relations"])
         assert len(info["violated"]) == row["num_perturbations"]
@@ -164,6 +166,17 @@ def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
             assert row["category"] == ("missing_object" if missing else "wrong_shape") and row["perturbed_prompt"] == ""
             gone = (missing + reshaped)[0]
             assert info["violated"] == [k for k, r in enumerate(info["relations"]) if gone in (r["subject"], r["object"])]
+    return levels, left_out
+
+
+@pytest.mark.parametrize("preset,n", [("configs/dataset_default.yaml", 2000), ("configs/dataset_easy.yaml", 600)])
+def test_verifier_agrees_with_generator_on_many_pairs(preset, n):
+    # two processes, each a half of the pairs (a failed check comes back as that process's AssertionError)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_check_pairs, [preset, preset], [range(0, n, 2), range(1, n, 2)]))
+    world = _world(preset)
+    levels = set().union(*(p[0] for p in parts))
+    left_out = sum(p[1] for p in parts)
     assert levels == set(world.perturbation_levels)
     # the easy world leaves an object out of about a quarter of its rejected images; the paper-like one never
     share = left_out / n
