@@ -24,9 +24,10 @@ test-slow: setup
 test-gpu: setup
 	$(PYTEST) -m gpu -q
 
-## the chaos tier: killed / hung actors and a SIGKILLed GRPO driver resumed until done (about 6 min)
+## the chaos tier: killed / hung actors, a SIGKILLed GRPO driver resumed until done, a killed reward-training worker
+## (about 8 min)
 chaos-test: setup
-	$(PYTEST) tests/test_chaos.py -m slow -q
+	$(PYTEST) tests/test_chaos.py tests/test_train_reward.py -m slow -q
 
 ## two real Ray nodes on this machine: token auth, jobs submitted, the sampler on the second node, metrics scraped
 cluster-test: setup

@@ -1,6 +1,6 @@
 """jobs.train_reward on a real local Ray: Ray Train + DeepSpeed ZeRO-2 over gloo with 2 CPU workers (ray tier).
 
-One run trains two epochs while the test SIGKILLs a training worker in the second epoch, after the first
+One run (slow: `make chaos-test`) trains two epochs while the test SIGKILLs a training worker in the second epoch, after the first
 checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once); another stops after
 one epoch and is continued with --resume, and the same one-epoch command run twice trains the same adapter.
 """
@@ -38,6 +38,7 @@ def train_workers():
     return [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in c for c in (p.info["cmdline"] or []))]
 
 
+@pytest.mark.slow  # the chaos tier (make chaos-test): two epochs and a restarted worker group, ~130 s on 2 cores
 def test_killed_worker_resumes_from_checkpoint(data, tmp_path):
     run = tmp_path / "run"
     result = {}
