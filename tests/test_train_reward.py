@@ -1,8 +1,9 @@
 """jobs.train_reward on a real local Ray: Ray Train + DeepSpeed ZeRO-2 over gloo with 2 CPU workers (ray tier).
 
-One run (slow: `make chaos-test`) trains two epochs while the test SIGKILLs a training worker in the second epoch, after the first
-checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once); another stops after
-one epoch and is continued with --resume, and the same one-epoch command run twice trains the same adapter.
+One run (slow: `make chaos-test`) trains two epochs while the test SIGKILLs a training worker in the second epoch,
+after the first checkpoint (FailureConfig restarts the group from it, and the steps it redoes are logged once);
+another stops after one epoch and is continued with --resume, and the same one-epoch command run twice trains the
+same adapter.
 """
 
 import json
